@@ -1,0 +1,292 @@
+"""Typed configuration: nested dataclasses, one per phase of a training step.
+
+Every field carries its documentation in ``metadata["help"]`` (``slas config --explain`` prints it).
+YAML presets and dotted CLI overrides (``train.lr=1e-5``) only override these defaults; loading,
+type checking and the fix-it messages live in :mod:`slas.config_io`. Invariants that involve one
+section are checked in that section's ``__post_init__``; cross-section ones in ``Config``'s.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from slas.errors import SlasError
+
+
+def _f(default: Any, help: str) -> Any:  # noqa: A002 - "help" reads best at the declaration
+    """A dataclass field with its documentation attached."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+def _check(ok: bool, where: str, message: str) -> None:
+    if not ok:
+        raise SlasError(f"{where}: {message}")
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = _f("world", "Backbone adapter name; `slas ls` lists them.")
+    path: str | None = _f(
+        None,
+        "Local model directory (or hub id where the adapter allows); None = the adapter's "
+        "default (the committed world policy for `world`).",
+    )
+    finetune: Literal["full", "lora"] = _f("full", "Train all denoiser weights or a LoRA adapter.")
+    lora_rank: int = _f(32, "LoRA rank r (finetune=lora).")
+    lora_alpha: float = _f(64.0, "LoRA alpha; the update is scaled by alpha / r.")
+    lora_targets: list[str] = _f(
+        ["to_q", "to_k", "to_v", "to_out.0"], "Module names that receive LoRA adapters."
+    )
+    dtype: Literal["fp32", "bf16"] = _f(
+        "fp32", "Autocast dtype of model forwards (bf16 on GPU); sampler math is always fp32."
+    )
+    gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass.")
+
+    def __post_init__(self) -> None:
+        _check(self.lora_rank >= 1, "model.lora_rank", f"must be >= 1, got {self.lora_rank}")
+        _check(self.lora_alpha > 0, "model.lora_alpha", f"must be > 0, got {self.lora_alpha}")
+
+
+@dataclass
+class SampleConfig:
+    num_steps: int = _f(10, "Denoising steps T per rollout.")
+    group_size: int = _f(8, "Samples per prompt G (the group of GRPO).")
+    batch_size: int = _f(64, "Samples per rollout round on ALL processes (prompts x group_size).")
+    micro_batch_size: int = _f(
+        16,
+        "Samples per model forward in rollout and update (memory knob; results do not "
+        "depend on it).",
+    )
+    guidance_scale: float = _f(1.0, "Classifier-free guidance w in rollout AND training (1 = off).")
+    sde: Literal["dance", "flow", "cps"] = _f(
+        "dance",
+        "Flow-backbone noise: dance g=eta (DanceGRPO), flow g=eta*sqrt(sigma/(1-sigma)) "
+        "(Flow-GRPO), cps (coefficient-preserving). DDPM backbones always use DDIM-eta.",
+    )
+    eta: float = _f(
+        0.3, "Noise level: DanceGRPO eta (FLUX 0.3), Flow-GRPO a (0.7/0.9), DDIM eta (1.0)."
+    )
+    schedule: Literal["linear", "shift", "resolution"] = _f(
+        "shift",
+        "Flow sigma schedule: linear, shift (sigma'=s*sigma/(1+(s-1)*sigma)), or "
+        "diffusers' resolution-dependent exponential shift.",
+    )
+    shift: float = _f(3.0, "Shift s of the `shift` schedule (DanceGRPO uses 3).")
+    logprob_reduction: Literal["mean", "sum"] = _f(
+        "mean",
+        "Reduce the Gaussian log-density over latent elements by mean (every reference; "
+        "why clip ranges are ~1e-4) or sum.",
+    )
+    same_initial_noise: bool = _f(
+        False, "Give all samples of a group the same initial noise (DanceGRPO init_same_noise)."
+    )
+
+    def __post_init__(self) -> None:
+        _check(self.num_steps >= 1, "sample.num_steps", f"must be >= 1, got {self.num_steps}")
+        _check(
+            self.group_size >= 2,
+            "sample.group_size",
+            f"must be >= 2 (group statistics need two samples), got {self.group_size}",
+        )
+        _check(
+            self.batch_size % self.group_size == 0,
+            "sample.batch_size",
+            f"{self.batch_size} is not divisible by sample.group_size={self.group_size}; "
+            f"use a multiple such as {self._nearest_batch()}",
+        )
+        _check(self.micro_batch_size >= 1, "sample.micro_batch_size", "must be >= 1")
+        _check(self.eta >= 0, "sample.eta", f"must be >= 0, got {self.eta}")
+        _check(self.shift > 0, "sample.shift", f"must be > 0, got {self.shift}")
+        _check(self.guidance_scale >= 0, "sample.guidance_scale", "must be >= 0")
+
+
+    def _nearest_batch(self) -> int:
+        return self.group_size * max(1, round(self.batch_size / self.group_size))
+
+
+@dataclass
+class RewardConfig:
+    names: list[str] = _f(["world_pref"], "Reward functions; `slas ls` lists them.")
+    weights: list[float] = _f(
+        [1.0], "One weight per reward (SLAS: HPS:CLIP 1:1 SD1.4, 0.7:1.4 FLUX)."
+    )
+    aggregate: Literal["rewards", "advantages"] = _f(
+        "rewards",
+        "rewards: advantages of sum_k w_k r_k; advantages: sum_k w_k A(r_k), each "
+        "normalised alone (DanceGRPO lineage).",
+    )
+    transform: Literal["none", "pairwise_winrate"] = _f(
+        "none",
+        "pairwise_winrate: replace rewards by each image's win rate within its group "
+        "(Pref-GRPO); needs a pairwise reward.",
+    )
+    hps_checkpoint: str | None = _f(None, "Path to HPS_v2.1_compressed.pt (reward `hps_v21`).")
+    clip_checkpoint: str | None = _f(None, "Path to an open_clip checkpoint (reward `clip_score`).")
+    pickscore_path: str | None = _f(None, "PickScore model+processor folder (reward `pickscore`).")
+    judge_url: str | None = _f(None, "OpenAI-compatible endpoint (reward `pairwise_judge`).")
+
+    def __post_init__(self) -> None:
+        _check(len(self.names) >= 1, "reward.names", "needs at least one reward name")
+        _check(
+            len(self.weights) == len(self.names),
+            "reward.weights",
+            f"has {len(self.weights)} entries but reward.names has {len(self.names)}; give one "
+            "weight per reward",
+        )
+        _check(len(set(self.names)) == len(self.names), "reward.names", "contains duplicates")
+
+
+@dataclass
+class AdvantageConfig:
+    estimator: str = _f("slas", "Advantage estimator; `slas ls` lists them.")
+    gamma: float = _f(
+        0.5,
+        "SLAS shaping exponent: A = sign(z)|z|^(1+gamma). The paper does not state its "
+        "value; 0.5 is this library's default (see docs).",
+    )
+    normalize: Literal["pre", "post"] = _f(
+        "pre", "SLAS: pre = shape z = dr/std_batch(r); post = shape dr, then divide by std_batch."
+    )
+    std: Literal["unbiased", "biased"] = _f(
+        "unbiased",
+        "Std estimator: unbiased (N-1, DanceGRPO torch.std) or biased (N, Flow-GRPO np.std).",
+    )
+    eps: float = _f(1e-8, "Added to every std denominator (DanceGRPO 1e-8, Flow-GRPO 1e-4).")
+    clamp: float | None = _f(
+        5.0,
+        "Clamp final advantages to +-clamp (every reference uses 5; it truncates the "
+        "tails super-linear shaping creates). None = off.",
+    )
+
+    def __post_init__(self) -> None:
+        _check(
+            self.gamma >= 0, "advantage.gamma", f"must be >= 0 (0 = no shaping), got {self.gamma}"
+        )
+        _check(self.eps >= 0, "advantage.eps", f"must be >= 0, got {self.eps}")
+        _check(self.clamp is None or self.clamp > 0, "advantage.clamp", "must be > 0 or null")
+
+
+@dataclass
+class TrainConfig:
+    steps: int = _f(100, "Training iterations (rollout -> score -> advantages -> update).")
+    lr: float = _f(1e-5, "AdamW learning rate (DanceGRPO 1e-5 full fine-tune, 3e-4 LoRA).")
+    betas: list[float] = _f([0.9, 0.999], "AdamW betas.")
+    weight_decay: float = _f(1e-4, "AdamW weight decay.")
+    adam_eps: float = _f(1e-8, "AdamW epsilon.")
+    lr_schedule: Literal["constant", "constant_with_warmup", "cosine"] = _f(
+        "constant", "LR schedule."
+    )
+    warmup_steps: int = _f(0, "Warm-up optimiser steps.")
+    max_grad_norm: float | None = _f(1.0, "Gradient-norm clip (None = off).")
+    clip_range: float = _f(1e-4, "PPO clip epsilon on the per-step ratio (every reference: 1e-4).")
+    optimizer_steps_per_iteration: int = _f(
+        1, "Optimiser steps per iteration; samples are split evenly (DanceGRPO SD: 2)."
+    )
+    timestep_selection: Literal["dance", "flow", "window"] = _f(
+        "dance",
+        "dance: floor((T-1)*frac) random steps per sample after dropping the last; "
+        "flow: the first floor(T*frac) in order; window: a sliding SDE window (MixGRPO).",
+    )
+    timestep_fraction: float = _f(1.0, "frac above (SD 1.0, FLUX 0.6).")
+    window_size: int = _f(3, "SDE window length for timestep_selection=window.")
+    loss_agg: Literal["mean", "sample_mean"] = _f(
+        "mean",
+        "mean over all trained (sample, step) pairs, or over steps within a sample then "
+        "over samples.",
+    )
+    kl_beta: float = _f(0.0, "Weight of the exact Gaussian KL to the reference policy (0 = off).")
+    ema_decay: float | None = _f(None, "EMA decay of trainable weights (None = off).")
+    max_nonfinite_in_row: int = _f(5, "Abort (with a checkpoint) after this many skipped updates.")
+
+    def __post_init__(self) -> None:
+        _check(self.steps >= 0, "train.steps", "must be >= 0")
+        _check(self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
+        _check(
+            len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+            "train.betas",
+            f"must be two numbers in [0, 1), got {self.betas}",
+        )
+        _check(self.clip_range > 0, "train.clip_range", "must be > 0")
+        _check(0 < self.timestep_fraction <= 1, "train.timestep_fraction", "must be in (0, 1]")
+        _check(self.window_size >= 1, "train.window_size", "must be >= 1")
+        _check(self.kl_beta >= 0, "train.kl_beta", "must be >= 0")
+        _check(
+            self.optimizer_steps_per_iteration >= 1,
+            "train.optimizer_steps_per_iteration",
+            "must be >= 1",
+        )
+        _check(
+            self.ema_decay is None or 0 < self.ema_decay < 1,
+            "train.ema_decay",
+            "must be in (0, 1) or null",
+        )
+
+
+@dataclass
+class EvalConfig:
+    prompts: str = _f("world", "Evaluation prompts: `world` (built-in set) or a file path.")
+    samples_per_prompt: int = _f(4, "Images per prompt (GenEval uses 4).")
+    num_steps: int = _f(20, "Deterministic (ODE) sampling steps for evaluation.")
+    guidance_scale: float = _f(3.0, "CFG scale for evaluation.")
+    every: int = _f(0, "Evaluate every N training steps (0 = only at the end).")
+
+    def __post_init__(self) -> None:
+        _check(self.samples_per_prompt >= 1, "eval.samples_per_prompt", "must be >= 1")
+        _check(self.num_steps >= 1, "eval.num_steps", "must be >= 1")
+
+
+@dataclass
+class RunConfig:
+    output_dir: str = _f("runs/default", "Run directory (config, metrics, checkpoints, report).")
+    seed: int = _f(0, "Seeds everything; rollout noise derives from (seed, step, sample index).")
+    prompts: str = _f("world", "Training prompts: `world` (built-in RL set) or a text file.")
+    checkpoint_every: int = _f(25, "Save a checkpoint every N steps (0 = only at the end).")
+    keep_last: int = _f(2, "Checkpoints kept on disk.")
+    log_every: int = _f(1, "Write metrics every N steps.")
+    sample_every: int = _f(0, "Save an image grid of fixed prompts every N steps (0 = off).")
+    tensorboard: bool = _f(True, "Also log to TensorBoard when it is installed.")
+    wandb: bool = _f(False, "Also log to Weights & Biases (must be installed).")
+    profile: bool = _f(False, "Write a torch profiler trace for a few steps.")
+
+    def __post_init__(self) -> None:
+        _check(self.keep_last >= 1, "run.keep_last", "must be >= 1")
+        _check(self.log_every >= 1, "run.log_every", "must be >= 1")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    advantage: AdvantageConfig = field(default_factory=AdvantageConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self) -> None:
+        if self.train.timestep_selection == "window":
+            _check(
+                self.train.window_size <= self.sample.num_steps,
+                "train.window_size",
+                f"{self.train.window_size} exceeds sample.num_steps={self.sample.num_steps}",
+            )
+
+    def validate_for(self, num_processes: int) -> None:
+        """Checks that need the process count (known only at launch)."""
+        unit = self.sample.group_size * num_processes
+        _check(
+            self.sample.batch_size % unit == 0,
+            "sample.batch_size",
+            f"{self.sample.batch_size} is not divisible by group_size x processes = "
+            f"{self.sample.group_size} x {num_processes} = {unit}; use a multiple of {unit}",
+        )
+        steps = self.train.optimizer_steps_per_iteration
+        _check(
+            self.sample.batch_size % (steps * num_processes) == 0,
+            "train.optimizer_steps_per_iteration",
+            f"{steps} x {num_processes} processes does not divide sample.batch_size="
+            f"{self.sample.batch_size}",
+        )

@@ -1,0 +1,1 @@
+"""Evaluation: GenEval rule engine and loaders, sample generation, UniGenBench++."""
