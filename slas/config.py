@@ -185,13 +185,12 @@ class TrainConfig:
     optimizer_steps_per_iteration: int = _f(
         1, "Optimiser steps per iteration; samples are split evenly (DanceGRPO SD: 2)."
     )
-    timestep_selection: Literal["dance", "flow", "window"] = _f(
+    timestep_selection: Literal["dance", "flow"] = _f(
         "dance",
-        "dance: floor((T-1)*frac) random steps per sample after dropping the last; "
-        "flow: the first floor(T*frac) in order; window: a sliding SDE window (MixGRPO).",
+        "dance: floor((T-1)*frac) random steps per sample after dropping the last (DanceGRPO); "
+        "flow: the first floor(T*frac) in order (Flow-GRPO).",
     )
     timestep_fraction: float = _f(1.0, "frac above (SD 1.0, FLUX 0.6).")
-    window_size: int = _f(3, "SDE window length for timestep_selection=window.")
     loss_agg: Literal["mean", "sample_mean"] = _f(
         "mean",
         "mean over all trained (sample, step) pairs, or over steps within a sample then "
@@ -211,7 +210,6 @@ class TrainConfig:
         )
         _check(self.clip_range > 0, "train.clip_range", "must be > 0")
         _check(0 < self.timestep_fraction <= 1, "train.timestep_fraction", "must be in (0, 1]")
-        _check(self.window_size >= 1, "train.window_size", "must be >= 1")
         _check(self.kl_beta >= 0, "train.kl_beta", "must be >= 0")
         _check(
             self.optimizer_steps_per_iteration >= 1,
@@ -266,14 +264,6 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
-    def __post_init__(self) -> None:
-        if self.train.timestep_selection == "window":
-            _check(
-                self.train.window_size <= self.sample.num_steps,
-                "train.window_size",
-                f"{self.train.window_size} exceeds sample.num_steps={self.sample.num_steps}",
-            )
-
     def validate_for(self, num_processes: int) -> None:
         """Checks that need the process count (known only at launch)."""
         unit = self.sample.group_size * num_processes
@@ -283,10 +273,10 @@ class Config:
             f"{self.sample.batch_size} is not divisible by group_size x processes = "
             f"{self.sample.group_size} x {num_processes} = {unit}; use a multiple of {unit}",
         )
-        steps = self.train.optimizer_steps_per_iteration
+        local = self.sample.batch_size // num_processes
         _check(
-            self.sample.batch_size % (steps * num_processes) == 0,
-            "train.optimizer_steps_per_iteration",
-            f"{steps} x {num_processes} processes does not divide sample.batch_size="
-            f"{self.sample.batch_size}",
+            local % self.sample.micro_batch_size == 0,
+            "sample.micro_batch_size",
+            f"{self.sample.micro_batch_size} does not divide the {local} samples per process "
+            "(rollout and update must use equal micro-batches so the first PPO ratio is exactly 1)",
         )

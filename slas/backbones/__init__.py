@@ -12,7 +12,30 @@ from slas.errors import SlasError
 
 BackboneLoader = Callable[[ModelConfig, torch.device], Backbone]
 
-BACKBONES: dict[str, BackboneLoader] = {}
+
+
+def load_world(config: ModelConfig, device: torch.device) -> Backbone:
+    """The built-in world's flow-matching policy (pixel-space UNet, 32x32); default: the
+    committed weights."""
+    from slas.backbones.world import DEFAULT_POLICY_DIR, WorldBackbone
+
+    backbone = WorldBackbone.from_pretrained(config.path or DEFAULT_POLICY_DIR, device)
+    if config.finetune == "lora":
+        add_lora(backbone.unet, config)
+    return backbone
+
+
+def add_lora(module: torch.nn.Module, config: ModelConfig) -> None:
+    """Freeze ``module`` and attach a peft LoRA adapter (rank, alpha, targets from config)."""
+    from peft import LoraConfig
+
+    module.requires_grad_(False)
+    module.add_adapter(LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha,
+                                  init_lora_weights="gaussian",
+                                  target_modules=list(config.lora_targets)))
+
+
+BACKBONES: dict[str, BackboneLoader] = {"world": load_world}
 
 
 def get_backbone(config: ModelConfig, device: torch.device | str = "cpu") -> Backbone:

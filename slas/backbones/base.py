@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
 
 import torch
@@ -74,5 +75,10 @@ class Backbone(Protocol):
         ...
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        """The parameters the optimiser updates (LoRA weights or the full denoiser)."""
+        """The parameters the optimiser updates (LoRA weights or the full denoiser), in a fixed
+        order (checkpoints store them by position)."""
+        ...
+
+    def save_pretrained(self, path: str | Path) -> Path:
+        """Write what is needed to load the (trained) policy again; returns the directory."""
         ...

@@ -1,0 +1,1 @@
+"""Prompt datasets and the per-round prompt schedule."""

@@ -1,0 +1,83 @@
+"""Namespaced metrics to ``metrics.jsonl`` (always) and TensorBoard / wandb (when asked), plus
+phase timers whose names are the metric keys (``time/rollout``, ...)."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+
+class PhaseTimer:
+    """Accumulates wall time per phase; ``pop()`` returns ``{"time/<phase>": seconds}``."""
+
+    def __init__(self) -> None:
+        self._times: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            key = f"time/{phase}"
+            self._times[key] = self._times.get(key, 0.0) + time.perf_counter() - start
+
+    def pop(self) -> dict[str, float]:
+        times, self._times = self._times, {}
+        return times
+
+
+class MetricsLogger:
+    """Writes one JSON object per logged step; mirrors scalars to the optional trackers."""
+
+    def __init__(self, run_dir: Path, *, tensorboard: bool = True, wandb: bool = False,
+                 config: Mapping[str, Any] | None = None) -> None:
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self._tb = None
+        self._wandb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard is an optional extra
+                pass
+            else:
+                self._tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+        if wandb:
+            import wandb as wandb_module  # a clear ImportError is the right message here
+
+            self._wandb = wandb_module.init(dir=str(run_dir), config=dict(config or {}))
+
+    def log(self, step: int, metrics: Mapping[str, float]) -> None:
+        clean = {k: (float(v) if math.isfinite(float(v)) else None) for k, v in metrics.items()}
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps({"step": step, **clean}) + "\n")
+        if self._tb is not None:
+            for key, value in clean.items():
+                if value is not None:
+                    self._tb.add_scalar(key, value, step)
+        if self._wandb is not None:
+            self._wandb.log(dict(metrics), step=step)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """All rows of ``<run_dir>/metrics.jsonl``; a resumed run's repeated steps keep the last."""
+    rows: dict[int, dict[str, Any]] = {}
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            row = json.loads(line)
+            rows.setdefault(row["step"], {}).update(row)
+    return [rows[k] for k in sorted(rows)]

@@ -1,0 +1,39 @@
+"""Which denoising steps of each trajectory are trained (DESIGN §3.3), as pure functions."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from slas.errors import SlasError
+
+
+def select_steps_dance(num_samples: int, num_steps: int, fraction: float,
+                       generator: torch.Generator) -> Tensor:
+    """DanceGRPO: drop the last transition, then ⌊(T−1)·frac⌋ random distinct steps per sample.
+
+    Returns ``[N, K]`` step indices, each row sorted (SD: frac 1.0 -> 49 of 50; FLUX 0.6 of 16
+    -> 9 of 15). With T = 1 there is nothing left after dropping the last step: SlasError.
+    """
+    k = math.floor((num_steps - 1) * fraction)
+    if k < 1:
+        raise SlasError(f"train.timestep_selection=dance trains floor((T-1)*frac) = {k} steps with "
+                        f"T={num_steps}, frac={fraction}; raise sample.num_steps or "
+                        "train.timestep_fraction")
+    keys = torch.rand(num_samples, num_steps - 1, generator=generator)
+    return keys.argsort(dim=1)[:, :k].sort(dim=1).values
+
+
+def select_steps_flow(num_samples: int, num_steps: int, fraction: float,
+                      generator: torch.Generator | None = None) -> Tensor:
+    """Flow-GRPO: the first ⌊T·frac⌋ steps in order, the same for every sample. ``[N, K]``."""
+    k = math.floor(num_steps * fraction)
+    if k < 1:
+        raise SlasError(f"train.timestep_selection=flow trains floor(T*frac) = {k} steps; raise "
+                        "sample.num_steps or train.timestep_fraction")
+    return torch.arange(k).expand(num_samples, k).clone()
+
+
+SELECTIONS = {"dance": select_steps_dance, "flow": select_steps_flow}

@@ -1,0 +1,391 @@
+"""The training loop: ``step() = rollout -> score -> advantages -> update`` for every backbone.
+
+The one stateful piece of the library (DESIGN §2). Distributed through accelerate: each process
+rolls out its contiguous slice of the global batch, rewards are gathered, advantages computed on
+the global batch, and gradients averaged across processes before each optimiser step.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+from collections.abc import Sequence
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+
+from slas.advantages import combine, finite_group_mask, get_advantage_fn
+from slas.backbones import Backbone, get_backbone
+from slas.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from slas.config import Config
+from slas.config_io import dump_yaml, to_dict
+from slas.data.prompts import PromptItem, load_prompts, round_prompts
+from slas.errors import SlasError
+from slas.logging import MetricsLogger, PhaseTimer
+from slas.losses import gaussian_kl, ppo_clip_loss
+from slas.rewards import RewardFn, get_reward
+from slas.sampling.rollout import Trajectory, make_times, model_time, rollout, transition
+from slas.sampling.selection import SELECTIONS
+
+
+class Round(NamedTuple):
+    """The prompts of one round and this process's samples."""
+
+    items: list[PromptItem]  # P prompts
+    prompt_ids: Tensor  # [n] local samples -> row in items
+    group_ids: Tensor  # [n]
+    sample_ids: Tensor  # [n] global sample index
+
+
+class Trainer:
+    """GRPO-family trainer. ``Trainer(config).train()`` runs and checkpoints a whole job."""
+
+    def __init__(self, config: Config, *, backbone: Backbone | None = None,
+                 rewards: dict[str, RewardFn] | None = None,
+                 prompts: Sequence[PromptItem] | None = None, resume: bool = False) -> None:
+        from accelerate import Accelerator
+
+        self.config = config
+        self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
+        self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
+        config.validate_for(self.world)
+        self.device = self.accelerator.device
+        self.run_dir = Path(config.run.output_dir)
+        self.timer = PhaseTimer()
+        self.backbone = backbone or get_backbone(config.model, self.device)
+        self.params = [p for p in self.backbone.trainable_parameters() if p.requires_grad]
+        if not self.params:
+            raise SlasError("the backbone has no trainable parameters; check model.finetune")
+        self.reward_fns = rewards or {n: get_reward(n, config.reward, self.device)
+                                      for n in config.reward.names}
+        self.prompts = list(prompts) if prompts is not None else load_prompts(config.run.prompts)
+        self.advantage_fn = get_advantage_fn(
+            config.advantage.estimator, gamma=config.advantage.gamma,
+            normalize=config.advantage.normalize, std=config.advantage.std, eps=config.advantage.eps)
+        self.times = make_times(self.backbone, config.sample).to(self.device)
+        self.optimizer = torch.optim.AdamW(
+            self.params, lr=config.train.lr, betas=tuple(config.train.betas),
+            weight_decay=config.train.weight_decay, eps=config.train.adam_eps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        self.ema = [p.detach().clone() for p in self.params] if config.train.ema_decay else None
+        self.reference = ([p.detach().clone() for p in self.params]
+                          if config.train.kl_beta > 0 else None)
+        self.step_index = 0
+        self.skipped_in_row = 0
+        self.skipped_total = 0
+        self._stop = False
+        self._prepare_run_dir(resume)
+        self.logger = MetricsLogger(self.run_dir, tensorboard=config.run.tensorboard,
+                                    wandb=config.run.wandb, config=to_dict(config)) \
+            if self.is_main else None
+
+    # ------------------------------------------------------------------ the algorithm
+
+    def step(self) -> dict[str, float]:
+        """One iteration: rollout -> score -> advantages -> update. Returns its metrics."""
+        batch = self.next_round()
+        with self.timer("rollout"):
+            traj = self.rollout(batch)
+        with self.timer("reward"):
+            rewards = self.score(traj, batch)
+        with self.timer("advantages"):
+            advantages, adv_stats = self.compute_advantages(rewards, traj)
+        with self.timer("update"):
+            update_stats = self.update(traj, advantages, batch)
+        self.step_index += 1
+        return {**adv_stats, **update_stats, **self.timer.pop()}
+
+    def next_round(self) -> Round:
+        cfg = self.config.sample
+        p = cfg.batch_size // cfg.group_size
+        ids = round_prompts(len(self.prompts), p, self.config.run.seed, self.step_index)
+        n_local = cfg.batch_size // self.world
+        sample_ids = torch.arange(self.rank * n_local, (self.rank + 1) * n_local)
+        group_ids = sample_ids // cfg.group_size
+        return Round([self.prompts[i] for i in ids], group_ids.clone(), group_ids, sample_ids)
+
+    def rollout(self, batch: Round) -> Trajectory:
+        cond = self.backbone.encode_prompts([item.prompt for item in batch.items])
+        with self._autocast():
+            return rollout(self.backbone, cond, self.config.sample, times=self.times,
+                           prompt_ids=batch.prompt_ids, group_ids=batch.group_ids,
+                           sample_ids=batch.sample_ids, seed=self.config.run.seed,
+                           iteration=self.step_index)
+
+    def score(self, traj: Trajectory, batch: Round) -> Tensor:
+        """Rewards ``[K, n]`` of this process's samples, one row per reward model."""
+        with torch.inference_mode():
+            images = self.backbone.decode(traj.latents[:, -1])
+            prompts = [batch.items[i].prompt for i in traj.prompt_ids.tolist()]
+            meta = [batch.items[i].metadata for i in traj.prompt_ids.tolist()]
+            rows = [self.reward_fns[n](images, prompts, meta).float() for n in self.reward_fns]
+        return torch.stack(rows).to(self.device)
+
+    def compute_advantages(self, rewards: Tensor, traj: Trajectory) -> tuple[Tensor, dict]:
+        """Gather rewards of every process, compute advantages on the global batch, keep ours."""
+        all_rewards = self.accelerator.gather(rewards.T.contiguous()).T.cpu()  # [K, N]
+        all_groups = self.accelerator.gather(traj.group_ids.to(self.device)).cpu()
+        cfg = self.config
+        adv = combine(all_rewards, cfg.reward.weights, all_groups, self.advantage_fn,
+                      cfg.reward.aggregate, cfg.advantage.clamp)
+        n_local = traj.group_ids.numel()
+        mine = adv[self.rank * n_local:(self.rank + 1) * n_local].to(self.device)
+        return mine, self._advantage_metrics(all_rewards, all_groups, adv)
+
+    def update(self, traj: Trajectory, advantages: Tensor, batch: Round) -> dict[str, float]:
+        """PPO-clip over the selected steps, accumulated over equal micro-batches."""
+        cfg = self.config
+        n = traj.sample_ids.numel()
+        gen = torch.Generator().manual_seed(cfg.run.seed * 7_919 + self.step_index)
+        steps = SELECTIONS[cfg.train.timestep_selection](
+            n, cfg.sample.num_steps, cfg.train.timestep_fraction, gen)  # [n, K]
+        pairs = torch.stack([torch.arange(n).repeat_interleave(steps.shape[1]), steps.reshape(-1)], 1)
+        chunks = list(pairs.split(cfg.sample.micro_batch_size))
+        cond = self.backbone.encode_prompts([item.prompt for item in batch.items])
+        parts = [p for p in _split_even(chunks, cfg.train.optimizer_steps_per_iteration) if p]
+        totals: dict[str, float] = {}
+        for part in parts:
+            finite = True
+            for chunk in part:
+                out = self._chunk_loss(traj, advantages, cond, chunk)
+                finite &= bool(torch.isfinite(out.loss))
+                if finite:
+                    (out.loss * (1.0 / len(part))).backward()
+                for key, value in _loss_metrics(out).items():
+                    totals[key] = totals.get(key, 0.0) + value / len(chunks)
+            totals.update(self._optimizer_step(finite))
+        return totals
+
+    # ------------------------------------------------------------------ update pieces
+
+    def _chunk_loss(self, traj: Trajectory, advantages: Tensor, cond, chunk: Tensor):
+        cfg = self.config
+        rows, step = chunk[:, 0], chunk[:, 1].to(self.device)
+        x, prev = traj.latents[rows, step.cpu()], traj.latents[rows, step.cpu() + 1]
+        c = cond.select(traj.prompt_ids[rows])
+        t = model_time(self.times, step)
+        with self._autocast():
+            out = self.backbone.predict(x, t, c, cfg.sample.guidance_scale)
+        new = transition(self.backbone, cfg.sample, self.times, step, x, out, prev_sample=prev)
+        kl = None
+        if self.reference is not None:
+            with torch.no_grad(), _swapped(self.params, self.reference), self._autocast():
+                ref_out = self.backbone.predict(x, t, c, cfg.sample.guidance_scale)
+            ref = transition(self.backbone, cfg.sample, self.times, step, x, ref_out,
+                             prev_sample=prev)
+            kl = gaussian_kl(new.mean, ref.mean, new.std, cfg.sample.logprob_reduction)
+        return ppo_clip_loss(new.log_prob, traj.log_probs[rows, step.cpu()], advantages[rows],
+                             clip_range=cfg.train.clip_range, kl=kl, kl_beta=cfg.train.kl_beta,
+                             loss_agg=cfg.train.loss_agg)
+
+    def _optimizer_step(self, finite: bool) -> dict[str, float]:
+        """Average gradients over processes; skip the step if anything is non-finite."""
+        if self.world > 1:
+            flat = torch.cat([_grad(p).reshape(-1) for p in self.params])
+            flat = self.accelerator.reduce(flat, reduction="mean")
+            offset = 0
+            for p in self.params:
+                p.grad = flat[offset:offset + p.numel()].view_as(p).clone()
+                offset += p.numel()
+        grads = [_grad(p) for p in self.params]
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        if not (finite and torch.isfinite(norm)):
+            self.optimizer.zero_grad(set_to_none=True)
+            self.skipped_in_row += 1
+            self.skipped_total += 1
+            return {"train/skipped_updates": float(self.skipped_total)}
+        if self.config.train.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.params, self.config.train.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.skipped_in_row = 0
+        if self.ema is not None:
+            decay = self.config.train.ema_decay
+            with torch.no_grad():
+                for e, p in zip(self.ema, self.params, strict=True):
+                    e.lerp_(p.detach(), 1.0 - decay)
+        return {"train/grad_norm": float(norm), "train/lr": self.scheduler.get_last_lr()[0],
+                "train/skipped_updates": float(self.skipped_total)}
+
+    def _lr_factor(self, opt_step: int) -> float:
+        cfg = self.config.train
+        warm = min(1.0, (opt_step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+        if cfg.lr_schedule == "constant":
+            return 1.0
+        if cfg.lr_schedule == "constant_with_warmup":
+            return warm
+        total = max(1, cfg.steps * cfg.optimizer_steps_per_iteration)
+        return warm * 0.5 * (1 + math.cos(math.pi * min(opt_step, total) / total))
+
+    def _advantage_metrics(self, rewards: Tensor, groups: Tensor, adv: Tensor) -> dict[str, float]:
+        metrics: dict[str, float] = {}
+        total = torch.zeros(rewards.shape[1], dtype=torch.float64)
+        for k, name in enumerate(self.reward_fns):
+            r = rewards[k].double()
+            ok = torch.isfinite(r)
+            metrics[f"reward/{name}"] = float(r[ok].mean()) if ok.any() else math.nan
+            total += self.config.reward.weights[k] * torch.nan_to_num(r)
+        finite = finite_group_mask(rewards.sum(0), groups)
+        metrics["reward/mean"] = float(total[finite].mean()) if finite.any() else math.nan
+        metrics["reward/nonfinite_groups"] = float(groups[~finite].unique().numel())
+        g_std = [total[groups == g].std() for g in groups[finite].unique()]
+        metrics["reward/group_std"] = float(torch.stack(g_std).mean()) if g_std else 0.0
+        metrics["reward/batch_std"] = float(total[finite].std()) if finite.sum() > 1 else 0.0
+        metrics.update({"adv/mean": float(adv.mean()), "adv/std": float(adv.std()),
+                        "adv/abs_mean": float(adv.abs().mean()),
+                        "adv/max": float(adv.max()), "adv/min": float(adv.min()),
+                        "adv/frac_zero": float((adv == 0).double().mean())})
+        return metrics
+
+    def _autocast(self):
+        if self.config.model.dtype == "bf16" and self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return nullcontext()
+
+    # ------------------------------------------------------------------ the job
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def train(self) -> dict[str, float]:
+        """Run to ``train.steps``, logging, checkpointing, and stopping cleanly on SIGTERM/SIGINT."""
+        from tqdm.auto import tqdm
+
+        handlers = self._install_signal_handlers()
+        cfg = self.config
+        last: dict[str, float] = {}
+        bar = tqdm(total=cfg.train.steps, initial=self.step_index, disable=not self.is_main,
+                   desc="slas train", dynamic_ncols=True)
+        try:
+            while self.step_index < cfg.train.steps and not self._stop:
+                last = self.step()
+                bar.update(1)
+                bar.set_postfix(reward=f"{last['reward/mean']:.4f}",
+                                kl=f"{last.get('policy/approx_kl', 0.0):.2e}",
+                                s_step=f"{sum(v for k, v in last.items() if k.startswith('time/')):.1f}")
+                if self.logger and self.step_index % cfg.run.log_every == 0:
+                    self.logger.log(self.step_index, last)
+                if self.skipped_in_row >= cfg.train.max_nonfinite_in_row:
+                    self.save()
+                    raise SlasError(f"{self.skipped_in_row} updates in a row had non-finite loss "
+                                    f"or gradients; stopped with a checkpoint in {self.run_dir}; "
+                                    "lower train.lr or check the rewards")
+                every = cfg.run.checkpoint_every
+                if every and self.step_index % every == 0:
+                    self.save()
+            if self._stop or self.step_index >= cfg.train.steps:
+                self.save()
+        finally:
+            bar.close()
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+            if self.logger:
+                self.logger.close()
+        return last
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "step": self.step_index, "config": to_dict(self.config),
+            "signature": [list(p.shape) for p in self.params],
+            "params": [p.detach().cpu().clone() for p in self.params],
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "ema": self.ema, "reference": self.reference, "rng": rng_state(),
+            "skipped_in_row": self.skipped_in_row, "skipped_total": self.skipped_total,
+        }
+
+    def save(self) -> Path | None:
+        """Checkpoint (main process) and write the trained policy under ``<run>/policy``."""
+        path = None
+        if self.is_main:
+            path = save_checkpoint(self.run_dir, self.step_index, self.state(),
+                                   self.config.run.keep_last)
+        self.accelerator.wait_for_everyone()
+        return path
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        if state["signature"] != [list(p.shape) for p in self.params]:
+            raise SlasError(f"checkpoint in {self.run_dir} was made for another model (trainable "
+                            f"parameter shapes differ: {len(state['signature'])} tensors vs "
+                            f"{len(self.params)}); use a new run.output_dir")
+        with torch.no_grad():
+            for p, v in zip(self.params, state["params"], strict=True):
+                p.copy_(v)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.ema, self.reference = state["ema"], state["reference"]
+        set_rng_state(state["rng"])
+        self.step_index = state["step"]
+        self.skipped_in_row, self.skipped_total = state["skipped_in_row"], state["skipped_total"]
+
+    def _prepare_run_dir(self, resume: bool) -> None:
+        if resume:
+            ckpt = latest_checkpoint(self.run_dir)
+            if ckpt is None:
+                raise SlasError(f"--resume: no checkpoint in {self.run_dir / 'checkpoints'}; "
+                                "check run.output_dir or start without --resume")
+            self.load_state(load_checkpoint(ckpt))
+        if self.is_main:
+            try:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                (self.run_dir / "config.yaml").write_text(dump_yaml(self.config))
+            except OSError as err:
+                raise SlasError(f"cannot write to run directory {self.run_dir}: "
+                                f"{err.strerror or err}; set run.output_dir to a writable "
+                                "place") from None
+
+    def _install_signal_handlers(self) -> dict:
+        def request_stop(signum, frame):  # finish the current step, checkpoint, exit
+            self._stop = True
+
+        previous = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                previous[sig] = signal.signal(sig, request_stop)
+            except ValueError:  # not the main thread
+                pass
+        return previous
+
+
+def _split_even(items: list, parts: int) -> list[list]:
+    size, extra = divmod(len(items), parts)
+    out, start = [], 0
+    for i in range(parts):
+        end = start + size + (1 if i < extra else 0)
+        out.append(items[start:end])
+        start = end
+    return out
+
+
+def _grad(p: torch.nn.Parameter) -> Tensor:
+    return p.grad if p.grad is not None else torch.zeros_like(p)
+
+
+class _swapped:
+    """Temporarily give ``params`` the values ``values`` (the reference policy)."""
+
+    def __init__(self, params: list, values: list) -> None:
+        self.params, self.values = params, values
+
+    def __enter__(self) -> None:
+        self.saved = [p.detach().clone() for p in self.params]
+        with torch.no_grad():
+            for p, v in zip(self.params, self.values, strict=True):
+                p.copy_(v)
+
+    def __exit__(self, *exc) -> None:
+        with torch.no_grad():
+            for p, v in zip(self.params, self.saved, strict=True):
+                p.copy_(v)
+
+
+def _loss_metrics(out) -> dict[str, float]:
+    out = type(out)(*(v.detach() for v in out))
+    return {"loss/total": float(out.loss), "loss/policy": float(out.policy_loss),
+            "loss/kl": float(out.kl), "policy/approx_kl": float(out.approx_kl),
+            "policy/clipfrac": float(out.clipfrac), "policy/ratio_mean": float(out.ratio_mean),
+            "policy/ratio_max_dev": float(max(out.ratio_max - 1, 1 - out.ratio_min))}

@@ -1,0 +1,1 @@
+"""The world: a small text-to-image setting of coloured shapes (renderer, captions, verifier)."""
