@@ -288,6 +288,12 @@ class Trainer:
                 self.logger.close()
         return last
 
+    def close(self) -> None:
+        """Release the process group (avoids a rank aborting at interpreter exit)."""
+        self.accelerator.end_training()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
     def state(self) -> dict[str, Any]:
         return {
             "step": self.step_index, "config": to_dict(self.config),
