@@ -56,8 +56,10 @@ def save_checkpoint(run_dir: Path, step: int, state: dict[str, Any], keep_last: 
         tmp.unlink(missing_ok=True)
         previous = latest_checkpoint(run_dir)
         kept = f"; the previous checkpoint {previous} is intact" if previous else ""
-        raise SlasError(f"could not write checkpoint {final}: {err.strerror or err}{kept}; free "
-                        "space or choose another run.output_dir") from None
+        raise SlasError(
+            f"could not write checkpoint {final}: {err.strerror or err}{kept}; free "
+            "space or choose another run.output_dir"
+        ) from None
     for old in list_checkpoints(run_dir)[:-keep_last]:
         old.unlink(missing_ok=True)
     return final

@@ -60,6 +60,36 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lazy(name: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        from slas import cli_commands
+
+        return getattr(cli_commands, name)(args)
+
+    return run
+
+
+def _world_passthrough(args: argparse.Namespace) -> int:
+    from slas.cli_commands import passthrough
+
+    module = {"pretrain": "slas.world.pretrain", "rewards": "slas.world.train_rewards"}
+    return passthrough(module[args.world_command], args.rest)
+
+
+def _add_policy_eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--policy",
+        default=None,
+        help="policy folder or run directory (default: the committed base policy)",
+    )
+    p.add_argument("--samples", type=int, default=4, help="images per prompt (GenEval: 4)")
+    p.add_argument("--steps", type=int, default=20, help="ODE sampling steps")
+    p.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="world_eval.png", help="sample grid PNG")
+    p.set_defaults(func=_lazy("eval_world"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="slas",
@@ -82,6 +112,49 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ls", help="list advantage estimators, rewards, backbones and presets")
     p.set_defaults(func=cmd_ls)
 
+    p = sub.add_parser("train", help="train a policy: rollout -> score -> advantages -> update")
+    p.add_argument(
+        "preset", nargs="?", default=None, help="preset name or YAML file (default: world_slas)"
+    )
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=50")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    p.set_defaults(func=_lazy("train"))
+
+    p = sub.add_parser("sample", help="generate images from a policy")
+    p.add_argument("prompt", nargs="+", help="one or more prompts")
+    p.add_argument("--policy", default=None, help="policy folder or run directory")
+    p.add_argument("--samples", type=int, default=4)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--guidance", type=float, default=3.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="samples.png", help="grid PNG to write")
+    p.set_defaults(func=_lazy("sample"))
+
+    p = sub.add_parser("eval", help="evaluate a policy out of domain")
+    ev = p.add_subparsers(dest="eval_command", metavar="BENCHMARK", required=True)
+    _add_policy_eval_args(ev.add_parser("world", help="world-GenEval, fidelity, proxy rewards"))
+
+    p = sub.add_parser("report", help="Markdown + HTML report comparing run directories")
+    p.add_argument("runs", nargs="+", help="run directories")
+    p.add_argument("--out", default="report", help="output folder")
+    p.set_defaults(func=_lazy("report"))
+
+    p = sub.add_parser("world", help="the built-in world: render, pretrain, eval")
+    w = p.add_subparsers(dest="world_command", metavar="WORLD_COMMAND", required=True)
+    q = w.add_parser("render", help="grid PNG of clean renders, one row per GenEval tag")
+    q.add_argument("--per-tag", type=int, default=8)
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--out", default="world_render.png")
+    q.set_defaults(func=_lazy("world_render"))
+    _add_policy_eval_args(w.add_parser("eval", help="same as `slas eval world`"))
+    for name, text in (
+        ("pretrain", "retrain the base policy (see --help)"),
+        ("rewards", "retrain the proxy rewards (see --help)"),
+    ):
+        q = w.add_parser(name, help=text, add_help=False)
+        q.add_argument("rest", nargs=argparse.REMAINDER)
+        q.set_defaults(func=_world_passthrough)
+
     p = sub.add_parser("demo", help="walk through the algorithmic core with real numbers")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)
@@ -97,8 +170,15 @@ def _split_preset(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    if len(argv) >= 2 and argv[0] == "world" and argv[1] in ("pretrain", "rewards"):
+        # these keep their own argparse (and --help); everything after the name is theirs
+        args = argparse.Namespace(
+            command="world", world_command=argv[1], rest=argv[2:], func=_world_passthrough
+        )
+    else:
+        args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 0

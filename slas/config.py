@@ -225,11 +225,15 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    prompts: str = _f("world", "Evaluation prompts: `world` (built-in set) or a file path.")
+    prompts: Literal["world", "none"] = _f(
+        "world", "Evaluation: `world` (world-GenEval of the built-in out-of-domain prompts, "
+        "fidelity, proxy rewards) or `none`.")
     samples_per_prompt: int = _f(4, "Images per prompt (GenEval uses 4).")
     num_steps: int = _f(20, "Deterministic (ODE) sampling steps for evaluation.")
     guidance_scale: float = _f(3.0, "CFG scale for evaluation.")
     every: int = _f(0, "Evaluate every N training steps (0 = only at the end).")
+    at_start: bool = _f(True, "Also evaluate the untrained policy (step 0).")
+    grid_prompts: int = _f(8, "Evaluation prompts shown in the saved sample grids.")
 
     def __post_init__(self) -> None:
         _check(self.samples_per_prompt >= 1, "eval.samples_per_prompt", "must be >= 1")
@@ -244,7 +248,6 @@ class RunConfig:
     checkpoint_every: int = _f(25, "Save a checkpoint every N steps (0 = only at the end).")
     keep_last: int = _f(2, "Checkpoints kept on disk.")
     log_every: int = _f(1, "Write metrics every N steps.")
-    sample_every: int = _f(0, "Save an image grid of fixed prompts every N steps (0 = off).")
     tensorboard: bool = _f(True, "Also log to TensorBoard when it is installed.")
     wandb: bool = _f(False, "Also log to Weights & Biases (must be installed).")
     profile: bool = _f(False, "Write a torch profiler trace for a few steps.")

@@ -35,8 +35,14 @@ class PhaseTimer:
 class MetricsLogger:
     """Writes one JSON object per logged step; mirrors scalars to the optional trackers."""
 
-    def __init__(self, run_dir: Path, *, tensorboard: bool = True, wandb: bool = False,
-                 config: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        *,
+        tensorboard: bool = True,
+        wandb: bool = False,
+        config: Mapping[str, Any] | None = None,
+    ) -> None:
         self.path = Path(run_dir) / "metrics.jsonl"
         self._tb = None
         self._wandb = None
@@ -62,6 +68,11 @@ class MetricsLogger:
                     self._tb.add_scalar(key, value, step)
         if self._wandb is not None:
             self._wandb.log(dict(metrics), step=step)
+
+    def log_values(self, step: int, name: str, values: Any) -> None:
+        """Append ``{"step", name: [floats]}`` to ``<run>/<name>.jsonl`` (e.g. advantages)."""
+        with (self.path.parent / f"{name}.jsonl").open("a", encoding="utf-8") as f:
+            f.write(json.dumps({"step": step, name: [round(float(v), 6) for v in values]}) + "\n")
 
     def close(self) -> None:
         if self._tb is not None:

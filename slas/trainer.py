@@ -19,7 +19,13 @@ from torch import Tensor
 
 from slas.advantages import combine, finite_group_mask, get_advantage_fn
 from slas.backbones import Backbone, get_backbone
-from slas.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from slas.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from slas.config import Config
 from slas.config_io import dump_yaml, to_dict
 from slas.data.prompts import PromptItem, load_prompts, round_prompts
@@ -43,9 +49,15 @@ class Round(NamedTuple):
 class Trainer:
     """GRPO-family trainer. ``Trainer(config).train()`` runs and checkpoints a whole job."""
 
-    def __init__(self, config: Config, *, backbone: Backbone | None = None,
-                 rewards: dict[str, RewardFn] | None = None,
-                 prompts: Sequence[PromptItem] | None = None, resume: bool = False) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        backbone: Backbone | None = None,
+        rewards: dict[str, RewardFn] | None = None,
+        prompts: Sequence[PromptItem] | None = None,
+        resume: bool = False,
+    ) -> None:
         from accelerate import Accelerator
 
         self.config = config
@@ -59,28 +71,46 @@ class Trainer:
         self.params = [p for p in self.backbone.trainable_parameters() if p.requires_grad]
         if not self.params:
             raise SlasError("the backbone has no trainable parameters; check model.finetune")
-        self.reward_fns = rewards or {n: get_reward(n, config.reward, self.device)
-                                      for n in config.reward.names}
+        self.reward_fns = rewards or {
+            n: get_reward(n, config.reward, self.device) for n in config.reward.names
+        }
         self.prompts = list(prompts) if prompts is not None else load_prompts(config.run.prompts)
         self.advantage_fn = get_advantage_fn(
-            config.advantage.estimator, gamma=config.advantage.gamma,
-            normalize=config.advantage.normalize, std=config.advantage.std, eps=config.advantage.eps)
+            config.advantage.estimator,
+            gamma=config.advantage.gamma,
+            normalize=config.advantage.normalize,
+            std=config.advantage.std,
+            eps=config.advantage.eps,
+        )
         self.times = make_times(self.backbone, config.sample).to(self.device)
         self.optimizer = torch.optim.AdamW(
-            self.params, lr=config.train.lr, betas=tuple(config.train.betas),
-            weight_decay=config.train.weight_decay, eps=config.train.adam_eps)
+            self.params,
+            lr=config.train.lr,
+            betas=tuple(config.train.betas),
+            weight_decay=config.train.weight_decay,
+            eps=config.train.adam_eps,
+        )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.ema = [p.detach().clone() for p in self.params] if config.train.ema_decay else None
-        self.reference = ([p.detach().clone() for p in self.params]
-                          if config.train.kl_beta > 0 else None)
+        self.reference = (
+            [p.detach().clone() for p in self.params] if config.train.kl_beta > 0 else None
+        )
         self.step_index = 0
         self.skipped_in_row = 0
         self.skipped_total = 0
+        self.last_advantages = torch.zeros(0)
         self._stop = False
         self._prepare_run_dir(resume)
-        self.logger = MetricsLogger(self.run_dir, tensorboard=config.run.tensorboard,
-                                    wandb=config.run.wandb, config=to_dict(config)) \
-            if self.is_main else None
+        self.logger = (
+            MetricsLogger(
+                self.run_dir,
+                tensorboard=config.run.tensorboard,
+                wandb=config.run.wandb,
+                config=to_dict(config),
+            )
+            if self.is_main
+            else None
+        )
 
     # ------------------------------------------------------------------ the algorithm
 
@@ -110,10 +140,17 @@ class Trainer:
     def rollout(self, batch: Round) -> Trajectory:
         cond = self.backbone.encode_prompts([item.prompt for item in batch.items])
         with self._autocast():
-            return rollout(self.backbone, cond, self.config.sample, times=self.times,
-                           prompt_ids=batch.prompt_ids, group_ids=batch.group_ids,
-                           sample_ids=batch.sample_ids, seed=self.config.run.seed,
-                           iteration=self.step_index)
+            return rollout(
+                self.backbone,
+                cond,
+                self.config.sample,
+                times=self.times,
+                prompt_ids=batch.prompt_ids,
+                group_ids=batch.group_ids,
+                sample_ids=batch.sample_ids,
+                seed=self.config.run.seed,
+                iteration=self.step_index,
+            )
 
     def score(self, traj: Trajectory, batch: Round) -> Tensor:
         """Rewards ``[K, n]`` of this process's samples, one row per reward model."""
@@ -129,10 +166,17 @@ class Trainer:
         all_rewards = self.accelerator.gather(rewards.T.contiguous()).T.cpu()  # [K, N]
         all_groups = self.accelerator.gather(traj.group_ids.to(self.device)).cpu()
         cfg = self.config
-        adv = combine(all_rewards, cfg.reward.weights, all_groups, self.advantage_fn,
-                      cfg.reward.aggregate, cfg.advantage.clamp)
+        adv = combine(
+            all_rewards,
+            cfg.reward.weights,
+            all_groups,
+            self.advantage_fn,
+            cfg.reward.aggregate,
+            cfg.advantage.clamp,
+        )
+        self.last_advantages = adv
         n_local = traj.group_ids.numel()
-        mine = adv[self.rank * n_local:(self.rank + 1) * n_local].to(self.device)
+        mine = adv[self.rank * n_local : (self.rank + 1) * n_local].to(self.device)
         return mine, self._advantage_metrics(all_rewards, all_groups, adv)
 
     def update(self, traj: Trajectory, advantages: Tensor, batch: Round) -> dict[str, float]:
@@ -141,8 +185,11 @@ class Trainer:
         n = traj.sample_ids.numel()
         gen = torch.Generator().manual_seed(cfg.run.seed * 7_919 + self.step_index)
         steps = SELECTIONS[cfg.train.timestep_selection](
-            n, cfg.sample.num_steps, cfg.train.timestep_fraction, gen)  # [n, K]
-        pairs = torch.stack([torch.arange(n).repeat_interleave(steps.shape[1]), steps.reshape(-1)], 1)
+            n, cfg.sample.num_steps, cfg.train.timestep_fraction, gen
+        )  # [n, K]
+        pairs = torch.stack(
+            [torch.arange(n).repeat_interleave(steps.shape[1]), steps.reshape(-1)], 1
+        )
         chunks = list(pairs.split(cfg.sample.micro_batch_size))
         cond = self.backbone.encode_prompts([item.prompt for item in batch.items])
         parts = [p for p in _split_even(chunks, cfg.train.optimizer_steps_per_iteration) if p]
@@ -174,12 +221,19 @@ class Trainer:
         if self.reference is not None:
             with torch.no_grad(), _swapped(self.params, self.reference), self._autocast():
                 ref_out = self.backbone.predict(x, t, c, cfg.sample.guidance_scale)
-            ref = transition(self.backbone, cfg.sample, self.times, step, x, ref_out,
-                             prev_sample=prev)
+            ref = transition(
+                self.backbone, cfg.sample, self.times, step, x, ref_out, prev_sample=prev
+            )
             kl = gaussian_kl(new.mean, ref.mean, new.std, cfg.sample.logprob_reduction)
-        return ppo_clip_loss(new.log_prob, traj.log_probs[rows, step.cpu()], advantages[rows],
-                             clip_range=cfg.train.clip_range, kl=kl, kl_beta=cfg.train.kl_beta,
-                             loss_agg=cfg.train.loss_agg)
+        return ppo_clip_loss(
+            new.log_prob,
+            traj.log_probs[rows, step.cpu()],
+            advantages[rows],
+            clip_range=cfg.train.clip_range,
+            kl=kl,
+            kl_beta=cfg.train.kl_beta,
+            loss_agg=cfg.train.loss_agg,
+        )
 
     def _optimizer_step(self, finite: bool) -> dict[str, float]:
         """Average gradients over processes; skip the step if anything is non-finite."""
@@ -188,7 +242,7 @@ class Trainer:
             flat = self.accelerator.reduce(flat, reduction="mean")
             offset = 0
             for p in self.params:
-                p.grad = flat[offset:offset + p.numel()].view_as(p).clone()
+                p.grad = flat[offset : offset + p.numel()].view_as(p).clone()
                 offset += p.numel()
         grads = [_grad(p) for p in self.params]
         norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
@@ -208,8 +262,11 @@ class Trainer:
             with torch.no_grad():
                 for e, p in zip(self.ema, self.params, strict=True):
                     e.lerp_(p.detach(), 1.0 - decay)
-        return {"train/grad_norm": float(norm), "train/lr": self.scheduler.get_last_lr()[0],
-                "train/skipped_updates": float(self.skipped_total)}
+        return {
+            "train/grad_norm": float(norm),
+            "train/lr": self.scheduler.get_last_lr()[0],
+            "train/skipped_updates": float(self.skipped_total),
+        }
 
     def _lr_factor(self, opt_step: int) -> float:
         cfg = self.config.train
@@ -235,10 +292,16 @@ class Trainer:
         g_std = [total[groups == g].std() for g in groups[finite].unique()]
         metrics["reward/group_std"] = float(torch.stack(g_std).mean()) if g_std else 0.0
         metrics["reward/batch_std"] = float(total[finite].std()) if finite.sum() > 1 else 0.0
-        metrics.update({"adv/mean": float(adv.mean()), "adv/std": float(adv.std()),
-                        "adv/abs_mean": float(adv.abs().mean()),
-                        "adv/max": float(adv.max()), "adv/min": float(adv.min()),
-                        "adv/frac_zero": float((adv == 0).double().mean())})
+        metrics.update(
+            {
+                "adv/mean": float(adv.mean()),
+                "adv/std": float(adv.std()),
+                "adv/abs_mean": float(adv.abs().mean()),
+                "adv/max": float(adv.max()),
+                "adv/min": float(adv.min()),
+                "adv/frac_zero": float((adv == 0).double().mean()),
+            }
+        )
         return metrics
 
     def _autocast(self):
@@ -253,33 +316,51 @@ class Trainer:
         return self.accelerator.is_main_process
 
     def train(self) -> dict[str, float]:
-        """Run to ``train.steps``, logging, checkpointing, and stopping cleanly on SIGTERM/SIGINT."""
+        """Run to ``train.steps``: log, checkpoint, stop cleanly on SIGTERM/SIGINT."""
         from tqdm.auto import tqdm
 
         handlers = self._install_signal_handlers()
         cfg = self.config
         last: dict[str, float] = {}
-        bar = tqdm(total=cfg.train.steps, initial=self.step_index, disable=not self.is_main,
-                   desc="slas train", dynamic_ncols=True)
+        bar = tqdm(
+            total=cfg.train.steps,
+            initial=self.step_index,
+            disable=not self.is_main,
+            desc="slas train",
+            dynamic_ncols=True,
+        )
         try:
+            if cfg.eval.at_start and self.step_index == 0:
+                self.evaluate()
             while self.step_index < cfg.train.steps and not self._stop:
                 last = self.step()
                 bar.update(1)
-                bar.set_postfix(reward=f"{last['reward/mean']:.4f}",
-                                kl=f"{last.get('policy/approx_kl', 0.0):.2e}",
-                                s_step=f"{sum(v for k, v in last.items() if k.startswith('time/')):.1f}")
+                bar.set_postfix(
+                    reward=f"{last['reward/mean']:.4f}",
+                    kl=f"{last.get('policy/approx_kl', 0.0):.2e}",
+                    s_step=f"{sum(v for k, v in last.items() if k.startswith('time/')):.1f}",
+                )
                 if self.logger and self.step_index % cfg.run.log_every == 0:
                     self.logger.log(self.step_index, last)
+                    self.logger.log_values(self.step_index, "advantages", self.last_advantages)
+                if cfg.eval.every and self.step_index % cfg.eval.every == 0:
+                    self.evaluate()
                 if self.skipped_in_row >= cfg.train.max_nonfinite_in_row:
                     self.save()
-                    raise SlasError(f"{self.skipped_in_row} updates in a row had non-finite loss "
-                                    f"or gradients; stopped with a checkpoint in {self.run_dir}; "
-                                    "lower train.lr or check the rewards")
+                    raise SlasError(
+                        f"{self.skipped_in_row} updates in a row had non-finite loss "
+                        f"or gradients; stopped with a checkpoint in {self.run_dir}; "
+                        "lower train.lr or check the rewards"
+                    )
                 every = cfg.run.checkpoint_every
                 if every and self.step_index % every == 0:
                     self.save()
             if self._stop or self.step_index >= cfg.train.steps:
                 self.save()
+            if self.step_index >= cfg.train.steps and not self._stop:
+                if not cfg.eval.every or self.step_index % cfg.eval.every:
+                    self.evaluate()
+                self.save_policy()
         finally:
             bar.close()
             for sig, handler in handlers.items():
@@ -287,6 +368,38 @@ class Trainer:
             if self.logger:
                 self.logger.close()
         return last
+
+    def evaluate(self) -> dict[str, float]:
+        """World-GenEval, fidelity and proxy rewards on the evaluation prompts (main process;
+        EMA weights when enabled); logs ``eval/*`` and saves a sample grid."""
+        metrics: dict[str, float] = {}
+        if self.config.eval.prompts == "world" and self.is_main:
+            from slas.eval.world import evaluate_world
+            from slas.images import save_grid
+
+            with self.timer("eval"), _swapped(self.params, self.ema or self.params):
+                result = evaluate_world(
+                    self.backbone, self.config.eval, self.reward_fns, seed=self.config.run.seed
+                )
+            metrics = {**result.metrics, **self.timer.pop()}
+            save_grid(
+                result.grid,
+                self.run_dir / "samples" / f"step_{self.step_index:06d}.png",
+                nrow=self.config.eval.samples_per_prompt * 2,
+            )
+            if self.logger:
+                self.logger.log(self.step_index, metrics)
+        self.accelerator.wait_for_everyone()
+        return metrics
+
+    def save_policy(self) -> Path | None:
+        """Write the trained policy (EMA weights when enabled) to ``<run>/policy``."""
+        path = None
+        if self.is_main:
+            with _swapped(self.params, self.ema or self.params):
+                path = self.backbone.save_pretrained(self.run_dir / "policy")
+        self.accelerator.wait_for_everyone()
+        return path
 
     def close(self) -> None:
         """Release the process group (avoids a rank aborting at interpreter exit)."""
@@ -296,28 +409,36 @@ class Trainer:
 
     def state(self) -> dict[str, Any]:
         return {
-            "step": self.step_index, "config": to_dict(self.config),
+            "step": self.step_index,
+            "config": to_dict(self.config),
             "signature": [list(p.shape) for p in self.params],
             "params": [p.detach().cpu().clone() for p in self.params],
-            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "ema": self.ema, "reference": self.reference, "rng": rng_state(),
-            "skipped_in_row": self.skipped_in_row, "skipped_total": self.skipped_total,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "ema": self.ema,
+            "reference": self.reference,
+            "rng": rng_state(),
+            "skipped_in_row": self.skipped_in_row,
+            "skipped_total": self.skipped_total,
         }
 
     def save(self) -> Path | None:
-        """Checkpoint (main process) and write the trained policy under ``<run>/policy``."""
+        """Write a checkpoint of the current step (main process); returns its path."""
         path = None
         if self.is_main:
-            path = save_checkpoint(self.run_dir, self.step_index, self.state(),
-                                   self.config.run.keep_last)
+            path = save_checkpoint(
+                self.run_dir, self.step_index, self.state(), self.config.run.keep_last
+            )
         self.accelerator.wait_for_everyone()
         return path
 
     def load_state(self, state: dict[str, Any]) -> None:
         if state["signature"] != [list(p.shape) for p in self.params]:
-            raise SlasError(f"checkpoint in {self.run_dir} was made for another model (trainable "
-                            f"parameter shapes differ: {len(state['signature'])} tensors vs "
-                            f"{len(self.params)}); use a new run.output_dir")
+            raise SlasError(
+                f"checkpoint in {self.run_dir} was made for another model (trainable "
+                f"parameter shapes differ: {len(state['signature'])} tensors vs "
+                f"{len(self.params)}); use a new run.output_dir"
+            )
         with torch.no_grad():
             for p, v in zip(self.params, state["params"], strict=True):
                 p.copy_(v)
@@ -332,17 +453,21 @@ class Trainer:
         if resume:
             ckpt = latest_checkpoint(self.run_dir)
             if ckpt is None:
-                raise SlasError(f"--resume: no checkpoint in {self.run_dir / 'checkpoints'}; "
-                                "check run.output_dir or start without --resume")
+                raise SlasError(
+                    f"--resume: no checkpoint in {self.run_dir / 'checkpoints'}; "
+                    "check run.output_dir or start without --resume"
+                )
             self.load_state(load_checkpoint(ckpt))
         if self.is_main:
             try:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
                 (self.run_dir / "config.yaml").write_text(dump_yaml(self.config))
             except OSError as err:
-                raise SlasError(f"cannot write to run directory {self.run_dir}: "
-                                f"{err.strerror or err}; set run.output_dir to a writable "
-                                "place") from None
+                raise SlasError(
+                    f"cannot write to run directory {self.run_dir}: "
+                    f"{err.strerror or err}; set run.output_dir to a writable "
+                    "place"
+                ) from None
 
     def _install_signal_handlers(self) -> dict:
         def request_stop(signum, frame):  # finish the current step, checkpoint, exit
@@ -391,7 +516,12 @@ class _swapped:
 
 def _loss_metrics(out) -> dict[str, float]:
     out = type(out)(*(v.detach() for v in out))
-    return {"loss/total": float(out.loss), "loss/policy": float(out.policy_loss),
-            "loss/kl": float(out.kl), "policy/approx_kl": float(out.approx_kl),
-            "policy/clipfrac": float(out.clipfrac), "policy/ratio_mean": float(out.ratio_mean),
-            "policy/ratio_max_dev": float(max(out.ratio_max - 1, 1 - out.ratio_min))}
+    return {
+        "loss/total": float(out.loss),
+        "loss/policy": float(out.policy_loss),
+        "loss/kl": float(out.kl),
+        "policy/approx_kl": float(out.approx_kl),
+        "policy/clipfrac": float(out.clipfrac),
+        "policy/ratio_mean": float(out.ratio_mean),
+        "policy/ratio_max_dev": float(max(out.ratio_max - 1, 1 - out.ratio_min)),
+    }

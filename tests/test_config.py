@@ -69,7 +69,9 @@ def test_bad_overrides_are_one_clear_line(override, message):
 
 
 def test_processes_divisibility():
-    cfg = load_config(None, ["sample.batch_size=48", "sample.group_size=8"])
+    cfg = load_config(
+        None, ["sample.batch_size=48", "sample.group_size=8", "sample.micro_batch_size=8"]
+    )
     cfg.validate_for(2)  # 48 = 3 x (8 x 2)
     with pytest.raises(SlasError, match="group_size x processes = 8 x 4 = 32"):
         cfg.validate_for(4)

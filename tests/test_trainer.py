@@ -20,15 +20,29 @@ PROMPTS = world_prompts("train")
 
 
 def make_config(run_dir, *overrides):
-    base = [f"run.output_dir={run_dir}", "sample.batch_size=8", "sample.group_size=4",
-            "sample.micro_batch_size=4", "sample.num_steps=3", "train.steps=2",
-            "train.lr=1e-3", "run.tensorboard=false", "run.checkpoint_every=1"]
+    base = [
+        f"run.output_dir={run_dir}",
+        "sample.batch_size=8",
+        "sample.group_size=4",
+        "sample.micro_batch_size=4",
+        "sample.num_steps=3",
+        "train.steps=2",
+        "train.lr=1e-3",
+        "run.tensorboard=false",
+        "run.checkpoint_every=1",
+        "eval.prompts=none",
+    ]
     return load_config("world_slas", base + list(overrides))
 
 
 def make_trainer(run_dir, *overrides, reward=brightness_reward, resume=False, backbone=None):
-    return Trainer(make_config(run_dir, *overrides), backbone=backbone or tiny_world_backbone(),
-                   rewards={"bright": reward}, prompts=PROMPTS, resume=resume)
+    return Trainer(
+        make_config(run_dir, *overrides),
+        backbone=backbone or tiny_world_backbone(),
+        rewards={"bright": reward},
+        prompts=PROMPTS,
+        resume=resume,
+    )
 
 
 @pytest.mark.parametrize("micro", [1, 4])
@@ -73,8 +87,9 @@ def test_resume_is_bit_exact_after_sigterm(tmp_path):
             os.kill(os.getpid(), signal.SIGTERM)
         return brightness_reward(images, prompts, metadata)
 
-    first = make_trainer(tmp_path / "b", "train.steps=3", "run.checkpoint_every=0",
-                         reward=reward_then_sigterm)
+    first = make_trainer(
+        tmp_path / "b", "train.steps=3", "run.checkpoint_every=0", reward=reward_then_sigterm
+    )
     first.train()
     assert first.step_index == 2 and latest_checkpoint(tmp_path / "b").name == "step_000002.pt"
     second = make_trainer(tmp_path / "b", "train.steps=3", resume=True)
@@ -82,7 +97,9 @@ def test_resume_is_bit_exact_after_sigterm(tmp_path):
     second.train()
     for p, q in zip(straight.params, second.params, strict=True):
         assert torch.equal(p, q)
-    for s, r in zip(straight.optimizer.state.values(), second.optimizer.state.values(), strict=True):
+    for s, r in zip(
+        straight.optimizer.state.values(), second.optimizer.state.values(), strict=True
+    ):
         assert torch.equal(s["exp_avg_sq"], r["exp_avg_sq"])
 
 
@@ -117,8 +134,9 @@ def test_nan_gradient_skips_update_and_continues(tmp_path):
 
 
 def test_repeated_nonfinite_aborts_with_checkpoint(tmp_path):
-    trainer = make_trainer(tmp_path, "train.steps=5", "train.max_nonfinite_in_row=2",
-                           "run.checkpoint_every=0")
+    trainer = make_trainer(
+        tmp_path, "train.steps=5", "train.max_nonfinite_in_row=2", "run.checkpoint_every=0"
+    )
     trainer.params[0].register_hook(lambda g: torch.full_like(g, math.inf))
     with pytest.raises(SlasError, match="2 updates in a row had non-finite"):
         trainer.train()
@@ -153,8 +171,9 @@ def test_resume_without_checkpoint_is_clear(tmp_path):
 def test_incompatible_checkpoint_is_clear(tmp_path):
     make_trainer(tmp_path, "train.steps=1").train()
     other = tiny_world_backbone()
-    other.unet = tiny_world_backbone().unet.__class__(**{**dict(other.unet.config),
-                                                         "block_out_channels": (8, 8)})
+    other.unet = tiny_world_backbone().unet.__class__(
+        **{**dict(other.unet.config), "block_out_channels": (8, 8)}
+    )
     with pytest.raises(SlasError, match="made for another model"):
         make_trainer(tmp_path, resume=True, backbone=other)
 
@@ -180,3 +199,35 @@ def test_disk_full_keeps_previous_checkpoint(tmp_path, monkeypatch):
         trainer.save()
     assert latest_checkpoint(tmp_path) == good and good.stat().st_size == size
     assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_run_directory_outputs(tmp_path):
+    from slas.backbones.world import WorldBackbone
+    from slas.logging import read_metrics
+
+    trainer = make_trainer(
+        tmp_path,
+        "train.steps=1",
+        "eval.prompts=world",
+        "eval.samples_per_prompt=1",
+        "eval.num_steps=2",
+        "eval.grid_prompts=2",
+    )
+    trainer.train()
+    rows = read_metrics(tmp_path)
+    assert [r["step"] for r in rows] == [0, 1]
+    for row in rows:  # evaluated before and after training
+        assert 0.0 <= row["eval/geneval/overall"] <= 1.0
+        assert {f"eval/geneval/{t}" for t in ("counting", "position")} <= set(row)
+        assert "eval/reward/bright" in row and "eval/fidelity/artifact_fraction" in row
+    assert "reward/mean" in rows[1] and "time/rollout" in rows[1]
+    assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == [
+        "step_000000.png",
+        "step_000001.png",
+    ]
+    adv = (tmp_path / "advantages.jsonl").read_text().splitlines()
+    assert len(adv) == 1 and len(__import__("json").loads(adv[0])["advantages"]) == 8
+    assert (tmp_path / "config.yaml").is_file()
+    policy = WorldBackbone.from_pretrained(tmp_path / "policy")
+    for p, q in zip(policy.trainable_parameters(), trainer.params, strict=True):
+        assert torch.equal(p, q.detach())

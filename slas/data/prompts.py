@@ -25,21 +25,25 @@ def load_text_prompts(path: str | Path) -> list[PromptItem]:
     """One prompt per line; blank lines are skipped and reported (a warning with their count)."""
     path = Path(path)
     if not path.is_file():
-        raise SlasError(f"prompt file {path} not found; set run.prompts to an existing text file "
-                        "(one prompt per line) or to `world`")
+        raise SlasError(
+            f"prompt file {path} not found; set run.prompts to an existing text file "
+            "(one prompt per line) or to `world`"
+        )
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as err:
         line = path.read_bytes()[: err.start].count(b"\n") + 1
-        raise SlasError(f"{path}:{line}: not valid UTF-8 ({err.reason}); save the file as "
-                        "UTF-8") from None
+        raise SlasError(
+            f"{path}:{line}: not valid UTF-8 ({err.reason}); save the file as UTF-8"
+        ) from None
     items = [PromptItem(text.strip(), {}) for text in lines if text.strip()]
     blank = len(lines) - len(items)
     if not items:
         raise SlasError(f"prompt file {path} holds no prompts (all {len(lines)} lines are blank)")
     if blank:
-        warnings.warn(f"{path}: skipped {blank} blank line(s); {len(items)} prompts kept",
-                      stacklevel=2)
+        warnings.warn(
+            f"{path}: skipped {blank} blank line(s); {len(items)} prompts kept", stacklevel=2
+        )
     return items
 
 
@@ -65,5 +69,5 @@ def round_prompts(num_items: int, prompts_per_round: int, seed: int, round_index
         gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
         perm = torch.randperm(num_items, generator=gen).tolist()
         take = min(prompts_per_round - len(out), num_items - offset)
-        out.extend(perm[offset: offset + take])
+        out.extend(perm[offset : offset + take])
     return out

@@ -62,9 +62,15 @@ def _mix(*values: int) -> int:
     return h >> 1
 
 
-def sample_noise(shape: Sequence[int], seed: int, iteration: int, ids: Tensor, step: int,
-                 device: torch.device | str = "cpu") -> Tensor:
-    """Standard normal ``[len(ids), *shape]``; row k depends only on (seed, iteration, ids[k], step)."""
+def sample_noise(
+    shape: Sequence[int],
+    seed: int,
+    iteration: int,
+    ids: Tensor,
+    step: int,
+    device: torch.device | str = "cpu",
+) -> Tensor:
+    """Standard normal ``[len(ids), *shape]``; row k depends on (seed, iteration, ids[k], step)."""
     rows = []
     for k in ids.tolist():
         gen = torch.Generator().manual_seed(_mix(seed, iteration, k, step))
@@ -83,15 +89,25 @@ def make_times(backbone: Backbone, cfg: SampleConfig) -> Tensor:
             return exponential_shift_sigmas(sigmas, resolution_shift_mu(seq_len))
         return sigmas
     if backbone.alphas_cumprod is None:
-        raise SlasError(f"backbone with prediction_type={backbone.prediction_type!r} has no "
-                        "alphas_cumprod; a DDPM-type backbone must provide its schedule")
+        raise SlasError(
+            f"backbone with prediction_type={backbone.prediction_type!r} has no "
+            "alphas_cumprod; a DDPM-type backbone must provide its schedule"
+        )
     steps = ddim_timesteps(cfg.num_steps, backbone.alphas_cumprod.shape[0])
     return torch.cat([steps, torch.tensor([-1])]).to(torch.float64)
 
 
-def transition(backbone: Backbone, cfg: SampleConfig, times: Tensor, step: Tensor, x: Tensor,
-               model_output: Tensor, *, noise: Tensor | None = None,
-               prev_sample: Tensor | None = None) -> StepOutput:
+def transition(
+    backbone: Backbone,
+    cfg: SampleConfig,
+    times: Tensor,
+    step: Tensor,
+    x: Tensor,
+    model_output: Tensor,
+    *,
+    noise: Tensor | None = None,
+    prev_sample: Tensor | None = None,
+) -> StepOutput:
     """One step ``x_i -> x_{i+1}`` for per-sample step indices ``step`` ``[N]``.
 
     Flow backbones use ``cfg.sde`` (DanceGRPO ``dance``, Flow-GRPO ``flow``, or ``cps``);
@@ -104,12 +120,28 @@ def transition(backbone: Backbone, cfg: SampleConfig, times: Tensor, step: Tenso
         now, nxt = now.float(), nxt.float()
         if cfg.sde == "cps":
             return cps_step(model_output, x, now, nxt, eta=cfg.eta, **common)
-        return flow_sde_step(model_output, x, now, nxt, noise_type=cfg.sde, eta=cfg.eta,
-                             sigma_one_denominator=float(times[1]), **common)
+        return flow_sde_step(
+            model_output,
+            x,
+            now,
+            nxt,
+            noise_type=cfg.sde,
+            eta=cfg.eta,
+            sigma_one_denominator=float(times[1]),
+            **common,
+        )
     table = backbone.alphas_cumprod
-    return ddim_step(model_output, x, now.long(), nxt.long(), table, eta=cfg.eta,
-                     prediction_type=backbone.prediction_type,
-                     final_alpha_cumprod=float(table[0]), **common)
+    return ddim_step(
+        model_output,
+        x,
+        now.long(),
+        nxt.long(),
+        table,
+        eta=cfg.eta,
+        prediction_type=backbone.prediction_type,
+        final_alpha_cumprod=float(table[0]),
+        **common,
+    )
 
 
 def model_time(times: Tensor, step: Tensor) -> Tensor:
@@ -117,9 +149,18 @@ def model_time(times: Tensor, step: Tensor) -> Tensor:
     return times[step].float()
 
 
-def rollout(backbone: Backbone, cond: Conditioning, cfg: SampleConfig, *, times: Tensor,
-            prompt_ids: Tensor, group_ids: Tensor, sample_ids: Tensor, seed: int,
-            iteration: int) -> Trajectory:
+def rollout(
+    backbone: Backbone,
+    cond: Conditioning,
+    cfg: SampleConfig,
+    *,
+    times: Tensor,
+    prompt_ids: Tensor,
+    group_ids: Tensor,
+    sample_ids: Tensor,
+    seed: int,
+    iteration: int,
+) -> Trajectory:
     """Sample ``N`` trajectories in micro-batches of ``cfg.micro_batch_size`` under inference mode.
 
     Args:
@@ -139,8 +180,9 @@ def rollout(backbone: Backbone, cond: Conditioning, cfg: SampleConfig, *, times:
         for start in range(0, n, mb):
             idx = slice(start, min(start + mb, n))
             init_ids = group_ids[idx] if cfg.same_initial_noise else sample_ids[idx]
-            x = sample_noise(backbone.latent_shape, seed, iteration, init_ids, INITIAL_NOISE_STEP,
-                             device)
+            x = sample_noise(
+                backbone.latent_shape, seed, iteration, init_ids, INITIAL_NOISE_STEP, device
+            )
             c = cond.select(prompt_ids[idx])
             lat, lps = [x], []
             for i in range(cfg.num_steps):
@@ -153,5 +195,11 @@ def rollout(backbone: Backbone, cond: Conditioning, cfg: SampleConfig, *, times:
                 lps.append(res.log_prob)
             chunks_lat.append(torch.stack(lat, 1))
             chunks_lp.append(torch.stack(lps, 1))
-    return Trajectory(torch.cat(chunks_lat).clone(), torch.cat(chunks_lp).clone(), times,
-                      prompt_ids, group_ids, sample_ids)
+    return Trajectory(
+        torch.cat(chunks_lat).clone(),
+        torch.cat(chunks_lp).clone(),
+        times,
+        prompt_ids,
+        group_ids,
+        sample_ids,
+    )

@@ -17,12 +17,27 @@ from tests.conftest import brightness_reward, tiny_world_backbone
 
 def main(out_dir: str) -> None:
     out = Path(out_dir)
-    cfg = load_config("world_slas", [f"run.output_dir={out / 'run'}", "sample.batch_size=8",
-                                     "sample.group_size=2", "sample.micro_batch_size=2",
-                                     "sample.num_steps=3", "train.steps=1", "train.lr=1e-3",
-                                     "run.tensorboard=false", "run.checkpoint_every=0"])
-    trainer = Trainer(cfg, backbone=tiny_world_backbone(), rewards={"bright": brightness_reward},
-                      prompts=world_prompts("train"))
+    cfg = load_config(
+        "world_slas",
+        [
+            f"run.output_dir={out / 'run'}",
+            "sample.batch_size=8",
+            "sample.group_size=2",
+            "sample.micro_batch_size=2",
+            "sample.num_steps=3",
+            "train.steps=1",
+            "train.lr=1e-3",
+            "run.tensorboard=false",
+            "run.checkpoint_every=0",
+            "eval.prompts=none",
+        ],
+    )
+    trainer = Trainer(
+        cfg,
+        backbone=tiny_world_backbone(),
+        rewards={"bright": brightness_reward},
+        prompts=world_prompts("train"),
+    )
     captured = {}
     score, advantages = trainer.score, trainer.compute_advantages
 
@@ -37,9 +52,14 @@ def main(out_dir: str) -> None:
 
     trainer.score, trainer.compute_advantages = keep_score, keep_adv
     trainer.step()
-    torch.save({"world": trainer.world, **captured,
-                "params": [p.detach().clone() for p in trainer.params]},
-               out / f"rank{trainer.rank}.pt")
+    torch.save(
+        {
+            "world": trainer.world,
+            **captured,
+            "params": [p.detach().clone() for p in trainer.params],
+        },
+        out / f"rank{trainer.rank}.pt",
+    )
     trainer.close()
 
 
