@@ -53,7 +53,8 @@ class WorldTokenizer:
         words = list(words)
         if len(set(words)) != len(words) or any(w in SPECIAL_TOKENS for w in words):
             raise SlasError("tokenizer: vocabulary words must be unique and must not include "
-                            f"{', '.join(SPECIAL_TOKENS)}; rebuild it with WorldTokenizer.default()")
+                            f"{', '.join(SPECIAL_TOKENS)}; rebuild it with "
+                            "WorldTokenizer.default()")
         if max_length < 2:
             raise SlasError(f"tokenizer: max_length must be >= 2 (bos + eos), got {max_length}")
         self.vocab: list[str] = list(SPECIAL_TOKENS) + words
