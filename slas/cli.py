@@ -54,6 +54,13 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from slas.demo import run_demo
+
+    run_demo(args.out, steps=args.steps, overrides=args.overrides)
+    return 0
+
+
+def cmd_walkthrough(args: argparse.Namespace) -> int:
     from slas.walkthrough import main as walkthrough
 
     walkthrough(seed=args.seed)
@@ -155,9 +162,15 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("rest", nargs=argparse.REMAINDER)
         q.set_defaults(func=_world_passthrough)
 
-    p = sub.add_parser("demo", help="walk through the algorithmic core with real numbers")
-    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("demo", help="GRPO vs SLAS on the world: train, evaluate, report")
+    p.add_argument("overrides", nargs="*", help="dotted overrides applied to both runs")
+    p.add_argument("--steps", type=int, default=None, help="training steps per method")
+    p.add_argument("--out", default="runs/demo", help="output folder")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("walkthrough", help="the algorithmic core on a toy problem, in numbers")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_walkthrough)
     return parser
 
 

@@ -72,7 +72,7 @@ def test_console_script_has_no_traceback():
 
 
 def test_walkthrough_numbers(capsys):
-    main(["demo"])
+    main(["walkthrough"])
     out = capsys.readouterr().out
     assert "exactly: 240 of 240" in out  # 24 samples x 10 steps, every first ratio is 1
     rows = {
