@@ -27,6 +27,7 @@ def train(args: argparse.Namespace) -> int:
 
 
 def load_policy(path: str | None, backbone: str = "world"):
+    """Load a backbone from ``path`` (None = the adapter's default)."""
     from slas.backbones import get_backbone
     from slas.config import ModelConfig
 
