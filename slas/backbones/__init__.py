@@ -25,6 +25,42 @@ def load_world(config: ModelConfig, device: torch.device) -> Backbone:
     return backbone
 
 
+def load_sd(config: ModelConfig, device: torch.device) -> Backbone:
+    """Stable Diffusion 1.x (DanceGRPO SD1.4) from the local pipeline folder model.path.
+
+    Resolution from the UNet's ``sample_size`` (512 px for SD1.4). The frozen text encoder and
+    VAE take the autocast dtype (bf16, as DanceGRPO) when ``config.dtype == "bf16"``.
+    """
+    from slas.backbones.sd import StableDiffusionBackbone
+
+    backbone = StableDiffusionBackbone.from_pretrained(
+        config.path, device,
+        frozen_dtype=torch.bfloat16 if config.dtype == "bf16" else torch.float32)
+    if config.finetune == "lora":
+        add_lora(backbone.unet, config)
+    if config.gradient_checkpointing:
+        backbone.unet.enable_gradient_checkpointing()
+    return backbone
+
+
+def load_flux(config: ModelConfig, device: torch.device) -> Backbone:
+    """FLUX.1 (DanceGRPO FLUX.1-dev) from the local pipeline folder model.path.
+
+    Guidance embedding 3.5, no true CFG; resolution from the VAE's ``sample_size`` (1024 px
+    for FLUX.1); frozen parts as in ``load_sd``.
+    """
+    from slas.backbones.flux import FluxBackbone
+
+    backbone = FluxBackbone.from_pretrained(
+        config.path, device,
+        frozen_dtype=torch.bfloat16 if config.dtype == "bf16" else torch.float32)
+    if config.finetune == "lora":
+        add_lora(backbone.transformer, config)
+    if config.gradient_checkpointing:
+        backbone.transformer.enable_gradient_checkpointing()
+    return backbone
+
+
 def add_lora(module: torch.nn.Module, config: ModelConfig) -> None:
     """Freeze ``module`` and attach a peft LoRA adapter (rank, alpha, targets from config)."""
     from peft import LoraConfig
@@ -35,7 +71,11 @@ def add_lora(module: torch.nn.Module, config: ModelConfig) -> None:
                                   target_modules=list(config.lora_targets)))
 
 
-BACKBONES: dict[str, BackboneLoader] = {"world": load_world}
+BACKBONES: dict[str, BackboneLoader] = {
+    "world": load_world,
+    "sd": load_sd,
+    "flux": load_flux,
+}
 
 
 def get_backbone(config: ModelConfig, device: torch.device | str = "cpu") -> Backbone:
