@@ -118,15 +118,38 @@ class RewardConfig:
         "rewards: advantages of sum_k w_k r_k; advantages: sum_k w_k A(r_k), each "
         "normalised alone (DanceGRPO lineage).",
     )
-    transform: Literal["none", "pairwise_winrate"] = _f(
-        "none",
-        "pairwise_winrate: replace rewards by each image's win rate within its group "
-        "(Pref-GRPO); needs a pairwise reward.",
-    )
     hps_checkpoint: str | None = _f(None, "Path to HPS_v2.1_compressed.pt (reward `hps_v21`).")
-    clip_checkpoint: str | None = _f(None, "Path to an open_clip checkpoint (reward `clip_score`).")
-    pickscore_path: str | None = _f(None, "PickScore model+processor folder (reward `pickscore`).")
-    judge_url: str | None = _f(None, "OpenAI-compatible endpoint (reward `pairwise_judge`).")
+    hps_arch: str = _f("ViT-H-14", "open_clip architecture of hps_checkpoint.")
+    clip_checkpoint: str | None = _f(
+        None, "open_clip checkpoint file or folder with open_clip_config.json (`clip_score`)."
+    )
+    clip_arch: str | None = _f(
+        None, "open_clip model name overriding the checkpoint's own open_clip_config.json."
+    )
+    pickscore_path: str | None = _f(None, "PickScore model folder (reward `pickscore`).")
+    pickscore_processor_path: str | None = _f(
+        None, "CLIPProcessor folder for PickScore; None = pickscore_path."
+    )
+    pickscore_scaled: bool = _f(
+        False, "PickScore as logit_scale.exp()*cos (official, ~18-24) instead of the raw cosine."
+    )
+    dtype: Literal["fp32", "fp16", "bf16"] = _f(
+        "fp32", "Autocast dtype of real reward-model forwards on GPU (the HPS reference: fp16)."
+    )
+    batch_size: int = _f(32, "Images per reward-model forward.")
+    judge_url: str | None = _f(
+        None, "OpenAI-compatible base URL of the pairwise judge (reward `pairwise_judge`, which "
+        "returns each image's win rate within its group, Pref-GRPO)."
+    )
+    judge_model: str | None = _f(None, "Served model name sent to the judge (None: omitted).")
+    judge_timeout: float = _f(120.0, "Seconds per judge request.")
+    judge_retries: int = _f(3, "Extra attempts after a failed judge request.")
+    judge_backoff: float = _f(1.0, "First wait between judge retries, seconds; doubles each time.")
+    judge_max_tokens: int = _f(4096, "Completion budget of one judgement.")
+    judge_concurrency: int = _f(8, "Judge requests in flight at once.")
+    judge_api_key_env: str = _f(
+        "OPENAI_API_KEY", "Environment variable holding the judge's API key (never stored)."
+    )
 
     def __post_init__(self) -> None:
         _check(len(self.names) >= 1, "reward.names", "needs at least one reward name")
@@ -137,6 +160,8 @@ class RewardConfig:
             "weight per reward",
         )
         _check(len(set(self.names)) == len(self.names), "reward.names", "contains duplicates")
+        _check(self.batch_size >= 1, "reward.batch_size", "must be >= 1")
+        _check(self.judge_concurrency >= 1, "reward.judge_concurrency", "must be >= 1")
 
 
 @dataclass
@@ -244,7 +269,10 @@ class EvalConfig:
 class RunConfig:
     output_dir: str = _f("runs/default", "Run directory (config, metrics, checkpoints, report).")
     seed: int = _f(0, "Seeds everything; rollout noise derives from (seed, step, sample index).")
-    prompts: str = _f("world", "Training prompts: `world` (built-in RL set) or a text file.")
+    prompts: str = _f(
+        "world", "Training prompts: `world` (built-in RL set), a text file (one per line), an "
+        "HPD-v2 .json or a .jsonl of records with `prompt`."
+    )
     checkpoint_every: int = _f(25, "Save a checkpoint every N steps (0 = only at the end).")
     keep_last: int = _f(2, "Checkpoints kept on disk.")
     log_every: int = _f(1, "Write metrics every N steps.")

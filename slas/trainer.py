@@ -157,7 +157,9 @@ class Trainer:
         with torch.inference_mode():
             images = self.backbone.decode(traj.latents[:, -1])
             prompts = [batch.items[i].prompt for i in traj.prompt_ids.tolist()]
-            meta = [batch.items[i].metadata for i in traj.prompt_ids.tolist()]
+            # group_id lets pairwise rewards compare the images of one prompt
+            meta = [{**batch.items[i].metadata, "group_id": int(g)}
+                    for i, g in zip(traj.prompt_ids.tolist(), traj.group_ids.tolist(), strict=True)]
             rows = [self.reward_fns[n](images, prompts, meta).float() for n in self.reward_fns]
         return torch.stack(rows).to(self.device)
 

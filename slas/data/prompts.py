@@ -56,8 +56,15 @@ def world_prompts(split: str) -> list[PromptItem]:
 
 
 def load_prompts(source: str, split: str = "train") -> list[PromptItem]:
-    """``world`` (built-in set of ``split``) or a text file path."""
-    return world_prompts(split) if source == "world" else load_text_prompts(source)
+    """``world`` (built-in set of ``split``), an HPD-v2 ``.json``, a ``.jsonl`` of records with
+    ``prompt``, or a text file (one prompt per line)."""
+    if source == "world":
+        return world_prompts(split)
+    if Path(source).suffix in (".json", ".jsonl"):
+        from slas.data.datasets import load_prompt_file
+
+        return load_prompt_file(source)
+    return load_text_prompts(source)
 
 
 def round_prompts(num_items: int, prompts_per_round: int, seed: int, round_index: int) -> list[int]:

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from slas.config import RewardConfig
 from slas.errors import SlasError
+from slas.rewards.world import world_clip, world_pref
 
 
 class RewardFn(Protocol):
@@ -27,7 +28,45 @@ class RewardFn(Protocol):
 
 RewardFactory = Callable[[RewardConfig, torch.device], RewardFn]
 
-REWARDS: dict[str, RewardFactory] = {}
+
+# Real reward models import open_clip / transformers only when built (names differ from the
+# submodules so that importing a submodule never rebinds them).
+def _load_hps_v21(config: RewardConfig, device: torch.device) -> RewardFn:
+    """HPS-v2.1 (open_clip ViT-H-14, raw cosine) from reward.hps_checkpoint."""
+    from slas.rewards.hps import hps_v21 as factory
+
+    return factory(config, device)
+
+
+def _load_clip_score(config: RewardConfig, device: torch.device) -> RewardFn:
+    """CLIPScore (open_clip, e.g. DFN5B ViT-H/14, raw cosine) from reward.clip_checkpoint."""
+    from slas.rewards.clip_score import clip_score as factory
+
+    return factory(config, device)
+
+
+def _load_pickscore(config: RewardConfig, device: torch.device) -> RewardFn:
+    """PickScore (transformers CLIP-H/14, raw cosine) from reward.pickscore_path."""
+    from slas.rewards.pickscore import pickscore as factory
+
+    return factory(config, device)
+
+
+def _load_pairwise_judge(config: RewardConfig, device: torch.device) -> RewardFn:
+    """Pref-GRPO win rates from an OpenAI-compatible judge at reward.judge_url."""
+    from slas.rewards.pairwise import pairwise_judge as factory
+
+    return factory(config, device)
+
+
+REWARDS: dict[str, RewardFactory] = {
+    "world_clip": world_clip,
+    "world_pref": world_pref,
+    "hps_v21": _load_hps_v21,
+    "clip_score": _load_clip_score,
+    "pickscore": _load_pickscore,
+    "pairwise_judge": _load_pairwise_judge,
+}
 
 
 def get_reward(name: str, config: RewardConfig, device: torch.device | str = "cpu") -> RewardFn:
