@@ -125,6 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=50")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate, check paths, build on the meta device, estimate memory; exit")
+    p.add_argument("--processes", type=int, default=1,
+                   help="with --dry-run: the number of processes the job will use")
     p.set_defaults(func=_lazy("train"))
 
     p = sub.add_parser("sample", help="generate images from a policy")
@@ -194,7 +198,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             command="world", world_command=argv[1], rest=argv[2:], func=_world_passthrough
         )
     else:
-        args = parser.parse_args(argv)
+        # overrides may follow options (`slas train P --dry-run a.b=1`): collect them here
+        args, unknown = parser.parse_known_args(argv)
+        stray = [u for u in unknown if u.startswith("-") or "=" not in u]
+        if stray or (unknown and not hasattr(args, "overrides")):
+            parser.error(f"unrecognized arguments: {' '.join(stray or unknown)}")
+        if unknown:
+            args.overrides = [*args.overrides, *unknown]
     if args.command is None:
         parser.print_help()
         return 0

@@ -13,6 +13,11 @@ def train(args: argparse.Namespace) -> int:
     from slas.trainer import Trainer
 
     config = load_config(args.preset or "world_slas", args.overrides)
+    if args.dry_run:
+        from slas.dry_run import dry_run
+
+        print("\n".join(dry_run(config, num_processes=args.processes).lines))
+        return 0
     trainer = Trainer(config, resume=args.resume)
     try:
         trainer.train()

@@ -44,10 +44,16 @@ class ModelConfig:
         "fp32", "Autocast dtype of model forwards (bf16 on GPU); sampler math is always fp32."
     )
     gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass.")
+    resolution: int | None = _f(
+        None, "Image side in pixels (SD/FLUX; DanceGRPO FLUX: 720); None = the model's default."
+    )
+    guidance: float = _f(3.5, "FLUX distilled-guidance embedding value (FLUX.1-dev has no CFG).")
 
     def __post_init__(self) -> None:
         _check(self.lora_rank >= 1, "model.lora_rank", f"must be >= 1, got {self.lora_rank}")
         _check(self.lora_alpha > 0, "model.lora_alpha", f"must be > 0, got {self.lora_alpha}")
+        _check(self.resolution is None or self.resolution % 16 == 0, "model.resolution",
+               f"must be a multiple of 16, got {self.resolution}")
 
 
 @dataclass

@@ -28,13 +28,13 @@ def load_world(config: ModelConfig, device: torch.device) -> Backbone:
 def load_sd(config: ModelConfig, device: torch.device) -> Backbone:
     """Stable Diffusion 1.x (DanceGRPO SD1.4) from the local pipeline folder model.path.
 
-    Resolution from the UNet's ``sample_size`` (512 px for SD1.4). The frozen text encoder and
+    Resolution: model.resolution, else the UNet's ``sample_size`` (512 px for SD1.4). The frozen text encoder and
     VAE take the autocast dtype (bf16, as DanceGRPO) when ``config.dtype == "bf16"``.
     """
     from slas.backbones.sd import StableDiffusionBackbone
 
     backbone = StableDiffusionBackbone.from_pretrained(
-        config.path, device,
+        config.path, device, resolution=config.resolution,
         frozen_dtype=torch.bfloat16 if config.dtype == "bf16" else torch.float32)
     if config.finetune == "lora":
         add_lora(backbone.unet, config)
@@ -46,13 +46,13 @@ def load_sd(config: ModelConfig, device: torch.device) -> Backbone:
 def load_flux(config: ModelConfig, device: torch.device) -> Backbone:
     """FLUX.1 (DanceGRPO FLUX.1-dev) from the local pipeline folder model.path.
 
-    Guidance embedding 3.5, no true CFG; resolution from the VAE's ``sample_size`` (1024 px
-    for FLUX.1); frozen parts as in ``load_sd``.
+    Guidance embedding model.guidance (3.5), no true CFG; resolution model.resolution, else
+    the VAE's ``sample_size`` (1024 px for FLUX.1); frozen parts as in ``load_sd``.
     """
     from slas.backbones.flux import FluxBackbone
 
     backbone = FluxBackbone.from_pretrained(
-        config.path, device,
+        config.path, device, resolution=config.resolution, guidance=config.guidance,
         frozen_dtype=torch.bfloat16 if config.dtype == "bf16" else torch.float32)
     if config.finetune == "lora":
         add_lora(backbone.transformer, config)
