@@ -152,11 +152,11 @@ def dry_run(config: Config, num_processes: int = 1) -> DryRunReport:
                      + (f", {c.trainable / 1e6:.2f} M trainable" if c.trainable else ", frozen"))
     total = sum(c.params for c in comps)
     lines.append(f"trainable fraction: {n_train / max(total, 1):.4%} of {total / 1e6:.1f} M")
+    act_text = (f"{act / 2**30:.2f} GiB (module outputs in fp32, without gradient checkpointing)"
+                if act else "not measured (forward failed on meta)")
     lines.append(f"per-GPU memory: weights {weights / 2**30:.2f} GiB, grads+AdamW "
                  f"{optimizer / 2**30:.2f} GiB, activations of one micro-batch of "
-                 f"{config.sample.micro_batch_size} " + (f"{act / 2**30:.2f} GiB (module outputs in fp32, "
-                                                          "without gradient checkpointing)" if act else
-                                                          "not measured (forward failed on meta)"))
+                 f"{config.sample.micro_batch_size}: {act_text}")
     return DryRunReport(comps, weights / 2**30, optimizer / 2**30,
                         act / 2**30 if act else None, lines)
 
