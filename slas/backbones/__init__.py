@@ -29,7 +29,8 @@ def load_sd(config: ModelConfig, device: torch.device) -> Backbone:
     """Stable Diffusion 1.x (DanceGRPO SD1.4) from the local pipeline folder model.path.
 
     Resolution: model.resolution, else the UNet's ``sample_size`` (512 px for SD1.4). The
-    frozen text encoder and VAE take the autocast dtype (bf16, as DanceGRPO) when ``config.dtype == "bf16"``.
+    frozen text encoder and VAE take the autocast dtype (bf16, as DanceGRPO) when
+    ``config.dtype == "bf16"``.
     """
     from slas.backbones.sd import StableDiffusionBackbone
 
