@@ -284,7 +284,9 @@ class RunConfig:
     log_every: int = _f(1, "Write metrics every N steps.")
     tensorboard: bool = _f(True, "Also log to TensorBoard when it is installed.")
     wandb: bool = _f(False, "Also log to Weights & Biases (must be installed).")
-    profile: bool = _f(False, "Write a torch profiler trace for a few steps.")
+    profile: bool = _f(
+        False, "Trace steps 1-3 with torch.profiler to <run>/profile/ (Chrome trace JSON)."
+    )
 
     def __post_init__(self) -> None:
         _check(self.keep_last >= 1, "run.keep_last", "must be >= 1")

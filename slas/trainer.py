@@ -306,6 +306,13 @@ class Trainer:
         )
         return metrics
 
+    def _profiled(self):
+        """With ``run.profile``, trace steps 1-3 (after a warm-up step) to
+        ``<run>/profile/step_XXXXXX.json`` (chrome://tracing / Perfetto)."""
+        if not (self.config.run.profile and 1 <= self.step_index <= 3 and self.is_main):
+            return nullcontext()
+        return _Profile(self.run_dir / "profile" / f"step_{self.step_index:06d}.json")
+
     def _autocast(self):
         if self.config.model.dtype == "bf16" and self.device.type == "cuda":
             return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -335,7 +342,8 @@ class Trainer:
             if cfg.eval.at_start and self.step_index == 0:
                 self.evaluate()
             while self.step_index < cfg.train.steps and not self._stop:
-                last = self.step()
+                with self._profiled():
+                    last = self.step()
                 bar.update(1)
                 bar.set_postfix(
                     reward=f"{last['reward/mean']:.4f}",
@@ -482,6 +490,27 @@ class Trainer:
             except ValueError:  # not the main thread
                 pass
         return previous
+
+
+class _Profile:
+    """torch.profiler over one step, exported as a Chrome trace."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __enter__(self) -> None:
+        from torch.profiler import ProfilerActivity, profile
+
+        activities = [ProfilerActivity.CPU]
+        if torch.cuda.is_available():
+            activities.append(ProfilerActivity.CUDA)
+        self.prof = profile(activities=activities, record_shapes=False)
+        self.prof.__enter__()
+
+    def __exit__(self, *exc) -> None:
+        self.prof.__exit__(*exc)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.prof.export_chrome_trace(str(self.path))
 
 
 def _split_even(items: list, parts: int) -> list[list]:

@@ -231,3 +231,10 @@ def test_run_directory_outputs(tmp_path):
     policy = WorldBackbone.from_pretrained(tmp_path / "policy")
     for p, q in zip(policy.trainable_parameters(), trainer.params, strict=True):
         assert torch.equal(p, q.detach())
+
+
+def test_profile_writes_traces(tmp_path):
+    make_trainer(tmp_path, "train.steps=3", "run.profile=true").train()
+    traces = sorted(p.name for p in (tmp_path / "profile").iterdir())
+    assert traces == ["step_000001.json", "step_000002.json"]
+    assert '"traceEvents"' in (tmp_path / "profile" / traces[0]).read_text()[:2000]
