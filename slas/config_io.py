@@ -49,7 +49,7 @@ def load_config(preset: str | None = None, overrides: list[str] | tuple[str, ...
     data: dict[str, Any] = {}
     if preset is not None:
         path = resolve_preset(preset)
-        data = _read_yaml(path)
+        data = _read_preset(path)
         source = f"preset {preset}" if path.parent == PRESET_DIR else str(path)
     else:
         source = "defaults"
@@ -128,6 +128,26 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise SlasError(f"{path}: the top level must be a mapping of sections")
     return data
+
+
+def _read_preset(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A preset's data; a top-level ``base: NAME`` key first loads preset NAME, which this
+    file then overrides section by section."""
+    if path in seen:
+        raise SlasError(f"{path}: `base` presets form a cycle through {', '.join(map(str, seen))}")
+    data = _read_yaml(path)
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise SlasError(f"{path}: `base` must name one preset, got {base!r}")
+    merged = _read_preset(resolve_preset(base), (*seen, path))
+    for section, values in data.items():
+        if isinstance(values, dict) and isinstance(merged.get(section), dict):
+            merged[section] = {**merged[section], **values}
+        else:
+            merged[section] = values
+    return merged
 
 
 def _parse_override(item: str) -> tuple[str, Any]:

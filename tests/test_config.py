@@ -26,7 +26,9 @@ def test_presets_only_override(preset):
     assert preset in list_presets()
     cfg = load_config(preset)
     assert cfg.advantage.estimator == preset.removeprefix("world_")
-    assert cfg.sample == Config().sample  # untouched sections keep defaults
+    world = load_config("world")  # the shared base: only the estimator differs
+    assert (cfg.sample, cfg.train, cfg.reward) == (world.sample, world.train, world.reward)
+    assert cfg.model == Config().model  # sections no preset touches keep the defaults
 
 
 def test_dotted_overrides_and_coercion():
@@ -105,3 +107,13 @@ def test_explain_lists_every_field():
         sum(line.startswith("  ") and not line.startswith("   ") for line in text.splitlines())
         == n_fields
     )
+
+
+def test_preset_base_inheritance(tmp_path):
+    (tmp_path / "parent.yaml").write_text("sample:\n  group_size: 4\n  num_steps: 3\n")
+    (tmp_path / "child.yaml").write_text(f"base: {tmp_path / 'parent.yaml'}\nsample:\n  num_steps: 5\n")
+    cfg = load_config(str(tmp_path / "child.yaml"))
+    assert cfg.sample.group_size == 4 and cfg.sample.num_steps == 5
+    (tmp_path / "loop.yaml").write_text(f"base: {tmp_path / 'loop.yaml'}\n")
+    with pytest.raises(SlasError, match="form a cycle"):
+        load_config(str(tmp_path / "loop.yaml"))
