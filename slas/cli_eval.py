@@ -82,3 +82,96 @@ def _generate_unigenbench(args: argparse.Namespace, prompts, images: Path) -> No
     result = generate_unigenbench(backbone, [(r.index, r.prompt) for r in prompts.records],
                                   images, settings, model_name=args.policy or args.backbone)
     print(f"images: {result.written} written, {result.skipped} already there ({images})")
+
+
+def add_geneval_parser(sub) -> None:
+    p = sub.add_parser("geneval", help="GenEval: generate, detect + rules, per-task table")
+    add_generation_args(p)
+    p.add_argument("--metadata", default=None,
+                   help="evaluation_metadata.jsonl (needed unless --score-only)")
+    p.add_argument("--batch-size", type=int, default=16, help="images per network batch")
+    p.add_argument("--image-digits", type=int, choices=[4, 5], default=5,
+                   help="image names 0000.png (4) or 00000.png (5, the official generator)")
+    p.add_argument("--detector", choices=["mmdet2", "transformers", "world"], default="mmdet2",
+                   help="mmdet2: the official Mask2Former (paper-comparable); transformers: a "
+                   "local HF model (not comparable); world: the built-in world's verifier")
+    p.add_argument("--detector-config", default=None, help="mmdet2: the mmdet config .py")
+    p.add_argument("--detector-checkpoint", default=None, help="mmdet2: the weights .pth")
+    p.add_argument("--detector-dir", default=None, help="transformers: the model folder")
+    p.add_argument("--clip-checkpoint", default=None,
+                   help="colour classifier: OpenAI ViT-L-14.pt or an open_clip checkpoint")
+    p.add_argument("--clip-arch", default="ViT-L-14", help="open_clip architecture name")
+    p.add_argument("--device", default=None, help="scoring device (default: cuda if available)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--generate-only", action="store_true")
+    mode.add_argument("--score-only", action="store_true", help="score images already in --out")
+    p.set_defaults(func=eval_geneval)
+
+
+def eval_geneval(args: argparse.Namespace) -> int:
+    from slas.eval.geneval_io import format_summary, load_metadata, summarize
+    from slas.eval.geneval_run import score_folder, write_summary
+
+    out = Path(args.out)
+    if not args.score_only:
+        if not args.metadata:
+            raise SlasError("--metadata is needed to generate (evaluation_metadata.jsonl); "
+                            "or pass --score-only to score images already in --out")
+        records = load_metadata(args.metadata)[: args.limit]
+        _generate_geneval(args, records, out)
+        if args.generate_only:
+            return 0
+    detector, colors, scorer = _geneval_scorer(args)
+    result = score_folder(out, detector, colors, scorer=scorer, max_prompts=args.limit)
+    summary = summarize(result.rows)
+    write_summary(out, summary, scorer)
+    print(f"images: {result.scored} scored, {result.skipped} already scored "
+          f"({result.results})\n\n{format_summary(summary)}", end="")
+    return 0
+
+
+def _generate_geneval(args: argparse.Namespace, records: list, out: Path) -> None:
+    from slas.cli_commands import load_policy, policy_dir
+    from slas.eval.generate import GenerationSettings, generate_geneval
+
+    backbone = load_policy(policy_dir(args.policy), args.backbone)
+    settings = GenerationSettings(samples_per_prompt=args.samples, num_steps=args.steps,
+                                  guidance_scale=args.guidance, seed=args.seed,
+                                  batch_size=args.batch_size)
+    result = generate_geneval(backbone, records, out, settings,
+                              model_name=args.policy or args.backbone,
+                              image_digits=args.image_digits)
+    print(f"images: {result.written} written, {result.skipped} already there ({out})")
+
+
+def _need(args: argparse.Namespace, *flags: str) -> None:
+    for flag in flags:
+        if not getattr(args, flag.lstrip("-").replace("-", "_")):
+            raise SlasError(f"{flag} is needed with --detector {args.detector}")
+
+
+def _geneval_scorer(args: argparse.Namespace) -> tuple:
+    """(detector, colour classifier, description recorded with the results) for --detector."""
+    if args.detector == "world":
+        from slas.world.detect import WorldColorClassifier, WorldDetector
+
+        return WorldDetector(), WorldColorClassifier(), {"detector": "world",
+                                                         "color_classifier": "world"}
+    import torch
+
+    from slas.eval.detectors import ClipColorClassifier, Mmdet2Detector, TransformersDetector
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.detector == "mmdet2":
+        _need(args, "--detector-config", "--detector-checkpoint", "--clip-checkpoint")
+        detector = Mmdet2Detector(args.detector_config, args.detector_checkpoint, device)
+        where = {"detector_config": Path(args.detector_config).name,
+                 "detector_checkpoint": Path(args.detector_checkpoint).name}
+    else:
+        _need(args, "--detector-dir", "--clip-checkpoint")
+        detector = TransformersDetector(args.detector_dir, device)
+        where = {"detector_dir": Path(args.detector_dir).name}
+    colors = ClipColorClassifier(args.clip_checkpoint, args.clip_arch, device)
+    return detector, colors, {"detector": args.detector, **where, "color_classifier": "clip",
+                              "clip_checkpoint": Path(args.clip_checkpoint).name,
+                              "clip_arch": args.clip_arch}
