@@ -111,7 +111,8 @@ def test_explain_lists_every_field():
 
 def test_preset_base_inheritance(tmp_path):
     (tmp_path / "parent.yaml").write_text("sample:\n  group_size: 4\n  num_steps: 3\n")
-    (tmp_path / "child.yaml").write_text(f"base: {tmp_path / 'parent.yaml'}\nsample:\n  num_steps: 5\n")
+    parent = tmp_path / "parent.yaml"
+    (tmp_path / "child.yaml").write_text(f"base: {parent}\nsample:\n  num_steps: 5\n")
     cfg = load_config(str(tmp_path / "child.yaml"))
     assert cfg.sample.group_size == 4 and cfg.sample.num_steps == 5
     (tmp_path / "loop.yaml").write_text(f"base: {tmp_path / 'loop.yaml'}\n")
