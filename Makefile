@@ -25,7 +25,11 @@ test-all: $(STAMP)
 	$(OFFLINE) $(BIN)/python -m pytest -q -m "slow or not slow"
 
 lint: $(STAMP)
-	$(BIN)/ruff check slas tests
+	$(BIN)/ruff check slas tests benchmarks examples
+
+# Time every phase of a training step (world, tiny SD, tiny FLUX) -> docs/performance.md
+bench: $(STAMP)
+	$(OFFLINE) $(BIN)/python -m benchmarks.bench_step --out docs/performance.md --json benchmarks/results.json
 
 clean-venv:
 	rm -rf $(VENV)

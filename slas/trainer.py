@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from slas.advantages import combine, finite_group_mask, get_advantage_fn
-from slas.backbones import Backbone, get_backbone
+from slas.backbones import Backbone, Conditioning, get_backbone
 from slas.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -71,6 +71,9 @@ class Trainer:
         self.params = [p for p in self.backbone.trainable_parameters() if p.requires_grad]
         if not self.params:
             raise SlasError("the backbone has no trainable parameters; check model.finetune")
+        if rewards is not None and list(rewards) != list(config.reward.names):
+            raise SlasError(f"rewards given for {list(rewards)} but reward.names is "
+                            f"{config.reward.names}; make them match")
         self.reward_fns = rewards or {
             n: get_reward(n, config.reward, self.device) for n in config.reward.names
         }
@@ -118,13 +121,14 @@ class Trainer:
         """One iteration: rollout -> score -> advantages -> update. Returns its metrics."""
         batch = self.next_round()
         with self.timer("rollout"):
-            traj = self.rollout(batch)
+            cond = self.backbone.encode_prompts([item.prompt for item in batch.items])
+            traj = self.rollout(batch, cond)
         with self.timer("reward"):
             rewards = self.score(traj, batch)
         with self.timer("advantages"):
             advantages, adv_stats = self.compute_advantages(rewards, traj)
         with self.timer("update"):
-            update_stats = self.update(traj, advantages, batch)
+            update_stats = self.update(traj, advantages, cond)
         self.step_index += 1
         return {**adv_stats, **update_stats, **self.timer.pop()}
 
@@ -137,8 +141,8 @@ class Trainer:
         group_ids = sample_ids // cfg.group_size
         return Round([self.prompts[i] for i in ids], group_ids.clone(), group_ids, sample_ids)
 
-    def rollout(self, batch: Round) -> Trajectory:
-        cond = self.backbone.encode_prompts([item.prompt for item in batch.items])
+    def rollout(self, batch: Round, cond: Conditioning) -> Trajectory:
+        """Sample this process's trajectories; ``cond`` holds the round's P prompts."""
         with self._autocast():
             return rollout(
                 self.backbone,
@@ -181,7 +185,7 @@ class Trainer:
         mine = adv[self.rank * n_local : (self.rank + 1) * n_local].to(self.device)
         return mine, self._advantage_metrics(all_rewards, all_groups, adv)
 
-    def update(self, traj: Trajectory, advantages: Tensor, batch: Round) -> dict[str, float]:
+    def update(self, traj: Trajectory, advantages: Tensor, cond: Conditioning) -> dict[str, float]:
         """PPO-clip over the selected steps, accumulated over equal micro-batches."""
         cfg = self.config
         n = traj.sample_ids.numel()
@@ -193,7 +197,6 @@ class Trainer:
             [torch.arange(n).repeat_interleave(steps.shape[1]), steps.reshape(-1)], 1
         )
         chunks = list(pairs.split(cfg.sample.micro_batch_size))
-        cond = self.backbone.encode_prompts([item.prompt for item in batch.items])
         parts = [p for p in _split_even(chunks, cfg.train.optimizer_steps_per_iteration) if p]
         totals: dict[str, float] = {}
         for part in parts:

@@ -32,7 +32,9 @@ def make_config(run_dir, *overrides):
         "run.checkpoint_every=1",
         "eval.prompts=none",
     ]
-    return load_config("world_slas", base + list(overrides))
+    # library defaults (not a preset, whose tuning may change) + SLAS and a cheap reward
+    base += ["advantage.estimator=slas", "reward.names=[bright]", "reward.weights=[1.0]"]
+    return load_config(None, base + list(overrides))
 
 
 def make_trainer(run_dir, *overrides, reward=brightness_reward, resume=False, backbone=None):

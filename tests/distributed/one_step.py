@@ -18,8 +18,10 @@ from tests.conftest import brightness_reward, tiny_world_backbone
 def main(out_dir: str) -> None:
     out = Path(out_dir)
     cfg = load_config(
-        "world_slas",
+        None,
         [
+            "advantage.estimator=slas",
+            "reward.names=[bright]",
             f"run.output_dir={out / 'run'}",
             "sample.batch_size=8",
             "sample.group_size=2",

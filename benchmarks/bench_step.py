@@ -1,0 +1,581 @@
+"""Where the time of a training step goes (DESIGN §7): phase times, model-compute fraction and
+scaling tables.
+
+``python -m benchmarks.bench_step [--quick] [--out docs/performance.md] [--json results.json]``
+
+Cases, all in this process: the world policy (full-size architecture, random init), tiny SD and
+tiny FLUX (the random pipelines of ``tests/backbones/tiny_models.py``), each an in-memory backbone
+with a cheap reward (``world_pref`` for the world when its weights exist, else mean brightness).
+Per case: warm-up steps, then timed iterations of ``trainer.step()`` followed by ``trainer.save()``
+(the worst case of checkpointing every step). Inside them ``Backbone.predict``,
+``torch.Tensor.backward``, the noise generator, the sampler step, the PPO loss, the optimiser
+step, decoding, prompt encoding and the reward functions run under timers (each synchronises on
+CUDA), so the parts are disjoint and ``other`` (Python between them, indexing, metrics) is the
+rest of the wall time. Model-compute fraction = (predict + backward) / wall. Only ratios measured
+within one run are comparable; absolute times describe one machine at one moment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from slas.config import (
+    Config,
+    EvalConfig,
+    ModelConfig,
+    RewardConfig,
+    RunConfig,
+    SampleConfig,
+    TrainConfig,
+)
+from slas.errors import SlasError
+
+ROOT = Path(__file__).resolve().parents[1]
+PHASES = ("rollout", "reward", "advantages", "update", "checkpoint")
+MODEL_PARTS = ("predict_nograd", "predict_grad", "backward")
+OTHER_PARTS = ("noise", "sampler", "loss", "optimizer", "decode", "reward_fn", "encode_prompts",
+               "checkpoint")
+ADVICE = {
+    "noise": "draw each micro-batch's noise in one call instead of one torch.Generator and one "
+             "randn per sample (e.g. a counter-based generator keyed by the sample index)",
+    "sampler": "fuse the step's elementwise math (torch.compile of transition) and keep the "
+               "sigma table on the device",
+    "loss": "fuse the PPO-clip arithmetic (torch.compile) or compute it once per optimiser step",
+    "optimizer": "a foreach/fused AdamW and one grad-norm kernel (torch._foreach_norm) instead "
+                 "of a norm per parameter",
+    "decode": "decode in larger batches (decode_batch_size) or under bf16 autocast",
+    "reward_fn": "score in larger batches, or overlap scoring with the next rollout",
+    "encode_prompts": "encode each round's prompts once and reuse them in the update (now "
+                      "encoded in rollout and again in update)",
+    "checkpoint": "checkpoint less often (run.checkpoint_every) or write it in a background "
+                  "thread",
+    "other": "Python between kernels: larger micro-batches, fewer .item()/.tolist() calls, "
+             "torch.compile of the denoiser",
+}
+SAMPLE = {"world": {}, "tiny_sd": {"eta": 1.0, "guidance_scale": 5.0}, "tiny_flux": {}}
+SCALING = {"group_size": (4, 8, 16), "num_steps": (4, 8, 16), "timestep_fraction": (0.25, 0.5, 1.0)}
+QUICK_SCALING = {"group_size": (2,), "num_steps": (2, 3), "timestep_fraction": (1.0,)}
+RESOLUTIONS = (16, 32)  # pixels; tiny SD's VAE halves them -> latents 8x8 and 16x16
+QUICK_RESOLUTION = 16  # --quick runs tiny SD / FLUX at 16 px (latents 8x8)
+PROCESS_COUNTS = (1, 2)
+MEMORY = ("rss_start_mib", "ru_maxrss_mib", "cuda_max_allocated_mib")
+WORKER_TIMEOUT_S = 600
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Sizes of one benchmarked configuration (``batch_size = prompts * group_size``).
+
+    Attributes:
+        prompts: prompts per round (fixed while the group size varies).
+        group_size: samples per prompt G.
+        micro_batch_size: samples per forward (capped at the batch).
+        num_steps: sampling steps T.
+        timestep_fraction: trained-step fraction (DanceGRPO selection: floor((T-1) frac) steps).
+        warmup: untimed iterations first.
+        steps: timed iterations K.
+    """
+
+    prompts: int = 2
+    group_size: int = 8
+    micro_batch_size: int = 16
+    num_steps: int = 10
+    timestep_fraction: float = 1.0
+    warmup: int = 1
+    steps: int = 3
+
+    @property
+    def batch_size(self) -> int:
+        return self.prompts * self.group_size
+
+
+FULL = {"world": Settings(),
+        "tiny_sd": Settings(group_size=4, micro_batch_size=8),
+        "tiny_flux": Settings(group_size=4, micro_batch_size=8, timestep_fraction=0.6)}
+QUICK = Settings(group_size=2, micro_batch_size=4, num_steps=2, steps=1)
+
+
+# ---------------------------------------------------------------- pure summaries
+
+
+def fractions(times: dict[str, float], total: float) -> dict[str, float]:
+    """Each entry of ``times`` divided by ``total`` (seconds -> fraction of a step)."""
+    return {k: v / total for k, v in times.items()}
+
+
+def summarize(walls: list[float], phases: dict[str, float], parts: dict[str, float],
+              samples: int) -> dict[str, Any]:
+    """Per-step averages of timed iterations.
+
+    Args:
+        walls: wall seconds of each timed iteration (K entries).
+        phases: summed seconds per phase of ``PHASES`` over the K iterations.
+        parts: summed seconds per part of ``MODEL_PARTS + OTHER_PARTS`` (disjoint timers).
+        samples: samples per step (global batch).
+
+    Returns:
+        s/step, images/s, per-phase and per-part seconds and fractions (each with ``other``, the
+        untimed remainder, so fractions sum to 1), the model-compute fraction and the slowest
+        non-model part with advice.
+    """
+    n, wall = len(walls), sum(walls) / len(walls)
+    phase_s = {k: phases.get(k, 0.0) / n for k in PHASES}
+    phase_s["other"] = max(0.0, wall - sum(phase_s.values()))
+    part_s = {k: parts.get(k, 0.0) / n for k in MODEL_PARTS + OTHER_PARTS}
+    part_s["other"] = max(0.0, wall - sum(part_s.values()))
+    slowest = max((*OTHER_PARTS, "other"), key=part_s.__getitem__)
+    return {
+        "s_per_step": wall, "step_s": list(walls), "samples_per_step": samples,
+        "images_per_s": samples / wall,
+        "phase_s": phase_s, "phase_fraction": fractions(phase_s, wall),
+        "parts_s": part_s, "parts_fraction": fractions(part_s, wall),
+        "model_compute_fraction": sum(part_s[k] for k in MODEL_PARTS) / wall,
+        "slowest_non_model": {"part": slowest, "fraction": part_s[slowest] / wall,
+                              "advice": ADVICE[slowest]},
+    }
+
+
+# ---------------------------------------------------------------- instrumentation
+
+
+def _synchronizer(device: torch.device) -> Callable[[], None]:
+    if device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    return lambda: None
+
+
+def _patch(obj: Any, name: str, key: str | Callable[[], str], acc: dict[str, float],
+           sync: Callable[[], None]) -> Callable[[], None]:
+    """Replace ``obj.name`` by a timer adding to ``acc[key]``; returns the undo."""
+    own, original = name in vars(obj), getattr(obj, name)
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        slot = key() if callable(key) else key
+        sync()
+        start = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            sync()
+            acc[slot] += time.perf_counter() - start
+
+    setattr(obj, name, timed)
+    return lambda: setattr(obj, name, original) if own else delattr(obj, name)
+
+
+@contextmanager
+def instrumented(trainer: Any, acc: dict[str, float], sync: Callable[[], None]) -> Iterator[None]:
+    """Time the parts of a step into ``acc`` (seconds, summed); everything is restored after."""
+    import slas.sampling.rollout as rollout_module
+    import slas.trainer as trainer_module
+
+    bb = trainer.backbone
+    targets = [
+        (bb, "predict", lambda: "predict_grad" if torch.is_grad_enabled() else "predict_nograd"),
+        (torch.Tensor, "backward", "backward"), (bb, "decode", "decode"),
+        (bb, "encode_prompts", "encode_prompts"), (rollout_module, "sample_noise", "noise"),
+        (rollout_module, "transition", "sampler"), (trainer_module, "transition", "sampler"),
+        (trainer_module, "ppo_clip_loss", "loss"), (trainer, "_optimizer_step", "optimizer"),
+    ]
+    rewards, undo = trainer.reward_fns, []
+    try:
+        for obj, name, key in targets:
+            undo.append(_patch(obj, name, key, acc, sync))
+        trainer.reward_fns = {n: _Timed(f, acc, sync) for n, f in rewards.items()}
+        yield
+    finally:
+        trainer.reward_fns = rewards
+        for restore in reversed(undo):
+            restore()
+
+
+class _Timed:
+    """A reward function whose calls add to ``acc["reward_fn"]``."""
+
+    def __init__(self, fn: Callable, acc: dict[str, float], sync: Callable[[], None]) -> None:
+        self.fn, self.acc, self.sync = fn, acc, sync
+
+    def __call__(self, *args: Any) -> torch.Tensor:
+        self.sync()
+        start = time.perf_counter()
+        out = self.fn(*args)
+        self.sync()
+        self.acc["reward_fn"] += time.perf_counter() - start
+        return out
+
+
+def reset_peak_memory(device: torch.device) -> float | None:
+    """Start a new peak (CUDA allocator stats; on Linux the RSS high-water mark behind
+    ``ru_maxrss``, through ``clear_refs``); returns the RSS now in MiB (None off Linux)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        lines = Path("/proc/self/status").read_text().splitlines()
+    except OSError:
+        return None
+    rss = [int(ln.split()[1]) / 1024 for ln in lines if ln.startswith("VmRSS:")]  # kB
+    return rss[0] if rss else None
+
+
+def peak_memory(device: torch.device) -> dict[str, float | None]:
+    """MiB: the RSS peak (``ru_maxrss``: since :func:`reset_peak_memory` on Linux, where
+    ``clear_refs`` resets it; the process peak elsewhere) and, on CUDA,
+    ``torch.cuda.max_memory_allocated``."""
+    scale = 2**20 if sys.platform == "darwin" else 2**10  # ru_maxrss: bytes on macOS, else KiB
+    cuda = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    return {"ru_maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale,
+            "cuda_max_allocated_mib": cuda}
+
+
+def measure(trainer: Any, warmup: int, steps: int) -> dict[str, Any]:
+    """``warmup`` untimed then ``steps`` timed iterations of ``step()`` + ``save()``;
+    returns :func:`summarize` of the timed ones."""
+    sync = _synchronizer(trainer.device)
+    for _ in range(warmup):
+        trainer.step()
+        trainer.save()
+    parts: dict[str, float] = defaultdict(float)
+    phases: dict[str, float] = defaultdict(float)
+    walls = []
+    with instrumented(trainer, parts, sync):
+        for _ in range(steps):
+            sync()
+            start = time.perf_counter()
+            metrics = trainer.step()
+            sync()
+            mid = time.perf_counter()
+            trainer.save()
+            end = time.perf_counter()
+            walls.append(end - start)
+            for phase in PHASES[:-1]:
+                phases[phase] += metrics[f"time/{phase}"]
+            phases["checkpoint"] += end - mid
+            parts["checkpoint"] += end - mid
+    return summarize(walls, phases, parts, trainer.config.sample.batch_size)
+
+
+def profile_step(trainer: Any, top: int) -> dict[str, Any]:
+    """torch.profiler over one ``trainer.step()``: the ``top`` operators by self CPU time, with
+    their share of all self CPU time (the profiler's own overhead inflates the wall time)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU]
+    if trainer.device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    start = time.perf_counter()
+    with profile(activities=activities) as prof:
+        trainer.step()
+    wall = time.perf_counter() - start
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events) or 1.0
+    return {"wall_s": wall, "top": [
+        {"name": e.key, "count": e.count, "self_cpu_s": e.self_cpu_time_total / 1e6,
+         "fraction": e.self_cpu_time_total / total} for e in events[:top]]}
+
+
+# ---------------------------------------------------------------- cases
+
+
+def _device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def build_case(case: str, folder: Path, device: torch.device, quick: bool,
+               resolution: int | None = None) -> tuple[Any, str, Callable]:
+    """``(backbone, reward name, reward fn)`` of a case; tiny pipelines are written to
+    ``folder`` once."""
+    from tests.conftest import brightness_reward
+
+    if case == "world":
+        from slas.backbones.world import WorldBackbone
+        from slas.rewards import get_reward
+        from tests.conftest import tiny_world_backbone
+
+        backbone = (tiny_world_backbone() if quick else WorldBackbone.create()).to(device)
+        try:
+            return backbone, "world_pref", get_reward("world_pref", RewardConfig(), device)
+        except SlasError:  # its weights are missing: timing does not need them
+            return backbone, "brightness", brightness_reward
+    from slas.backbones import load_flux, load_sd
+    from tests.backbones.tiny_models import build_tiny_flux, build_tiny_sd
+
+    kind = case.removeprefix("tiny_")
+    path = folder / case
+    if not path.is_dir():
+        (build_tiny_sd if kind == "sd" else build_tiny_flux)(path)
+    loader = load_sd if kind == "sd" else load_flux
+    model = ModelConfig(backbone=kind, path=str(path), resolution=resolution)
+    return loader(model, device), "brightness", brightness_reward
+
+
+def make_config(run_dir: Path, s: Settings, world_size: int = 1, **sample: Any) -> Config:
+    """Trainer config of ``s`` on ``world_size`` processes (fp32, one checkpoint kept);
+    ``sample`` overrides SampleConfig fields."""
+    micro = min(s.micro_batch_size, s.batch_size // world_size)
+    return Config(
+        sample=SampleConfig(num_steps=s.num_steps, group_size=s.group_size,
+                            batch_size=s.batch_size, micro_batch_size=micro, **sample),
+        reward=RewardConfig(names=["bench"], weights=[1.0]),
+        train=TrainConfig(timestep_fraction=s.timestep_fraction),
+        eval=EvalConfig(prompts="none"),
+        run=RunConfig(output_dir=str(run_dir), tensorboard=False, checkpoint_every=0,
+                      keep_last=1))
+
+
+def run_case(case: str, s: Settings, folder: Path, device: torch.device, quick: bool, *,
+             resolution: int | None = None, profile_top: int = 0) -> dict[str, Any]:
+    """Build, warm up and time one case; with ``profile_top`` also profile one more step."""
+    from slas.data.prompts import world_prompts
+    from slas.trainer import Trainer
+
+    rss_start = reset_peak_memory(device)
+    backbone, reward, fn = build_case(case, folder, device, quick, resolution)
+    run_dir = Path(tempfile.mkdtemp(prefix=f"{case}_", dir=folder))
+    trainer = Trainer(make_config(run_dir, s, **SAMPLE[case]), backbone=backbone,
+                      rewards={reward: fn}, prompts=world_prompts("train"))
+    result = measure(trainer, s.warmup, s.steps)
+    result.update(settings={**asdict(s), "batch_size": s.batch_size}, reward=reward,
+                  memory={"rss_start_mib": rss_start, **peak_memory(device)})
+    if profile_top:
+        result["profile"] = profile_step(trainer, profile_top)
+    print(f"  {case} {s}: {result['s_per_step']:.3f} s/step, model compute "
+          f"{result['model_compute_fraction']:.2f}", flush=True)
+    return result
+
+
+def scaling(world: Settings, folder: Path, device: torch.device, quick: bool,
+            steps: int) -> dict[str, list[dict[str, Any]]]:
+    """World cost vs G, T and trained-step fraction (one knob at a time from ``world``) and
+    tiny SD cost vs resolution. Every point is measured afresh, so the points of one table are
+    taken minutes apart at most (the load of a shared machine drifts)."""
+    tables: dict[str, list[dict[str, Any]]] = {}
+    for knob, values in (QUICK_SCALING if quick else SCALING).items():
+        tables[knob] = [{"value": v, **run_case("world", replace(world, steps=steps, **{knob: v}),
+                                                 folder, device, quick)} for v in values]
+    sd = replace(QUICK if quick else FULL["tiny_sd"], steps=steps)
+    tables["latent_size"] = [
+        {"value": r // 2, **run_case("tiny_sd", sd, folder, device, quick, resolution=r)}
+        for r in ((QUICK_RESOLUTION,) if quick else RESOLUTIONS)]
+    return tables
+
+
+def processes(folder: Path, quick: bool, threads: int) -> list[dict[str, Any]]:
+    """s/step of the world step with 1 and 2 processes (torchrun, gloo on CPU), same global
+    batch and micro-batch, ``threads // n`` torch threads per process."""
+    rows = []
+    for n in PROCESS_COUNTS:
+        out = folder / f"processes_{n}.json"
+        per = max(1, threads // n)
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={n}", "-m", "benchmarks.bench_step", "--worker", "--json",
+               str(out), *(["--quick"] if quick else [])]
+        path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+        env = {**os.environ, "OMP_NUM_THREADS": str(per), "PYTHONPATH": path}
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=WORKER_TIMEOUT_S)
+        if not out.is_file():  # a rank may abort at exit after its work (DESIGN §6): use files
+            raise SlasError(f"benchmark worker with {n} processes wrote no {out.name} (exit "
+                            f"{proc.returncode}); its log ends:\n{proc.stderr[-3000:]}")
+        rows.append({"value": n, "threads_per_process": per, **json.loads(out.read_text())})
+        print(f"  {n} process(es): {rows[-1]['s_per_step']:.3f} s/step", flush=True)
+    return rows
+
+
+def worker(json_path: Path, quick: bool, steps: int) -> None:
+    """One rank of :func:`processes`: time the world step; rank 0 writes ``json_path``."""
+    from slas.data.prompts import world_prompts
+    from slas.trainer import Trainer
+
+    s = QUICK if quick else FULL["world"]
+    s = replace(s, steps=steps, micro_batch_size=s.batch_size // max(PROCESS_COUNTS))
+    device = _device()
+    with tempfile.TemporaryDirectory() as tmp:
+        backbone, reward, fn = build_case("world", Path(tmp), device, quick)
+        trainer = Trainer(make_config(Path(tmp) / "run", s, int(os.environ.get("WORLD_SIZE", 1))),
+                          backbone=backbone, rewards={reward: fn}, prompts=world_prompts("train"))
+        result = measure(trainer, s.warmup, s.steps)
+        if trainer.is_main:
+            json_path.write_text(json.dumps({**result, "settings": asdict(s)}))
+        trainer.close()
+
+
+# ---------------------------------------------------------------- report
+
+
+TITLES = {"group_size": "World: group size G (2 prompts, so the batch grows with G)",
+          "num_steps": "World: sampling steps T", "timestep_fraction":
+          "World: trained-step fraction (floor((T-1) frac) steps per sample)",
+          "latent_size": "Tiny SD: latent side (VAE factor 2)",
+          "processes": "World: processes (torchrun, same global batch and micro-batch; "
+                       "the torch threads split between processes)"}
+
+
+def _f(value: float) -> str:
+    return f"{value:.3f}"
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(str(v) for v in row) + " |" for row in rows), ""]
+
+
+def machine(device: torch.device) -> dict[str, Any]:
+    """Where the numbers were taken: CPU model and cores, torch threads and version, device."""
+    cpu = platform.processor() or "unknown"
+    try:
+        names = [ln.split(":", 1)[1].strip() for ln in
+                 Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    return {"cpu": cpu, "cpu_count": os.cpu_count(), "usable_cores": usable,
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version(), "platform": platform.platform(),
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
+
+
+def render_markdown(r: dict[str, Any]) -> str:
+    """The Markdown summary of a results dict (ratios first, then raw times and the machine)."""
+    cases, tables, m = r["cases"], r["scaling"], r["machine"]
+    cmd = "python -m benchmarks.bench_step" + (" --quick" if r["quick"] else "")
+    out = ["# Performance: where the time of a training step goes", "",
+           f"Measured by `{cmd}` ({r['elapsed_s']:.0f} s in all). One timed step is "
+           "`trainer.step()` then `trainer.save()` (a checkpoint every step: the worst case). "
+           "Fractions and ratios come from this one run; the absolute times at the end describe "
+           "only its machine.", "", "## Fractions of a step", ""]
+    cols = (*PHASES, "other")
+    out += _table(["case", *cols, "model compute"], [
+        [n, *(_f(c["phase_fraction"][p]) for p in cols), _f(c["model_compute_fraction"])]
+        for n, c in cases.items()])
+    out += ["Model compute = time inside `Backbone.predict` and `Tensor.backward` over the wall "
+            "time of the step.", "", "## Inside the step (fractions)", ""]
+    parts = (*MODEL_PARTS, *OTHER_PARTS, "other")
+    out += _table(["case", *parts], [[n, *(_f(c["parts_fraction"][p]) for p in parts)]
+                                     for n, c in cases.items()])
+    out += ["Slowest non-model part of each case, and what would speed it up:", ""]
+    out += [f"- {n}: `{c['slowest_non_model']['part']}`, {_f(c['slowest_non_model']['fraction'])}"
+            f" of the step: {c['slowest_non_model']['advice']}." for n, c in cases.items()]
+    out += ["", "## Scaling (ratios to the first row)", ""]
+    for knob, rows in tables.items():
+        out += [f"### {TITLES[knob]}", ""]
+        if not rows:
+            out += ["Not measured in this run (`--no-processes`, or fewer GPUs than processes).",
+                    ""]
+            continue
+        per_image = [row["s_per_step"] / row["samples_per_step"] for row in rows]
+        out += _table([knob, "s/step ratio", "s/image ratio", "model compute"], [
+            [row["value"], _f(row["s_per_step"] / rows[0]["s_per_step"]),
+             _f(cost / per_image[0]), _f(row["model_compute_fraction"])]
+            for row, cost in zip(rows, per_image, strict=True)])
+    if r.get("profile"):
+        p = r["profile"]
+        out += ["## Top operators of one world step (torch.profiler, self CPU time)", "",
+                f"Profiled step: {p['wall_s']:.3f} s with the profiler's overhead.", ""]
+        out += _table(["operator", "calls", "self CPU s", "share"], [
+            [f"`{e['name']}`", e["count"], f"{e['self_cpu_s']:.4f}", _f(e["fraction"])]
+            for e in p["top"]])
+    out += ["## Raw times (this machine, this run)", "",
+            f"- CPU: {m['cpu']}; {m['cpu_count']} cores, {m['usable_cores']} usable; "
+            f"torch threads {m['torch_threads']}", f"- torch {m['torch']}, Python {m['python']}, "
+            f"device {m['device']}, {m['platform']}",
+            "- Memory: the RSS peak is reset at the start of each case on Linux (clear_refs); "
+            "RSS at the start includes what earlier cases still hold.", ""]
+    out += _table(["case", "samples/step", "s/step", "images/s", "RSS MiB at start",
+                   "peak RSS MiB (ru_maxrss)", "CUDA max allocated MiB"], [
+        [n, c["samples_per_step"], f"{c['s_per_step']:.3f}", f"{c['images_per_s']:.2f}",
+         *(f"{c['memory'][k]:.0f}" if c["memory"][k] is not None else "-" for k in MEMORY)]
+        for n, c in cases.items()])
+    out += _table(["table", "value", "samples/step", "s/step", "images/s"], [
+        [knob, row["value"], row["samples_per_step"], f"{row['s_per_step']:.3f}",
+         f"{row['images_per_s']:.2f}"] for knob, rows in tables.items() for row in rows])
+    return "\n".join(out)
+
+
+def run_all(quick: bool, with_processes: bool, steps: int, scale_steps: int,
+            profile_top: int) -> dict[str, Any]:
+    """Every case, the scaling tables and (optionally) the process table -> results dict."""
+    device, start = _device(), time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        cases = {case: run_case(
+            case, replace(QUICK if quick else s, steps=steps), folder, device, quick,
+            resolution=QUICK_RESOLUTION if quick and case != "world" else None,
+            profile_top=profile_top if case == "world" else 0) for case, s in FULL.items()}
+        profile = cases["world"].pop("profile", None)
+        tables = scaling(QUICK if quick else FULL["world"], folder, device, quick, scale_steps)
+        gpus = torch.cuda.device_count()  # one GPU per process, or CPU processes
+        with_processes &= gpus == 0 or gpus >= max(PROCESS_COUNTS)
+        threads = torch.get_num_threads()
+        tables["processes"] = processes(folder, quick, threads) if with_processes else []
+    return {"schema": 1, "quick": quick, "machine": machine(device), "cases": cases,
+            "scaling": tables, "profile": profile, "elapsed_s": time.perf_counter() - start}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.bench_step",
+                                description="Where the time of a training step goes.")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny models, T=2, one timed step per point (seconds; used by tests)")
+    p.add_argument("--out", type=Path, default=Path("docs/performance.md"),
+                   help="Markdown summary (default: docs/performance.md)")
+    p.add_argument("--json", type=Path, default=Path("benchmarks/results.json"),
+                   help="all raw numbers (default: benchmarks/results.json)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="timed steps per case (default: 3; 1 with --quick)")
+    p.add_argument("--scale-steps", type=int, default=None,
+                   help="timed steps per scaling point (default: 2; 1 with --quick)")
+    p.add_argument("--processes", action=argparse.BooleanOptionalAction, default=None,
+                   help="time 1 vs 2 processes with torchrun (default: on, off with --quick)")
+    p.add_argument("--profile-top", type=int, default=12,
+                   help="operators listed from the profiled world step (0: no profile)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads of this process, split between the processes of the "
+                        "process table (default: torch's own choice, usually the core count)")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    steps = args.steps if args.steps is not None else (1 if args.quick else 3)
+    scale_steps = args.scale_steps if args.scale_steps is not None else (1 if args.quick else 2)
+    if min(steps, scale_steps, args.threads or 1) < 1:
+        raise SlasError("--steps, --scale-steps and --threads must be >= 1")
+    if args.worker:
+        worker(args.json, args.quick, scale_steps)
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(args.threads or previous)
+    try:
+        with_processes = not args.quick if args.processes is None else args.processes
+        results = run_all(args.quick, with_processes, steps, scale_steps, args.profile_top)
+    finally:
+        torch.set_num_threads(previous)
+    for path, text in ((args.json, json.dumps(results, indent=1) + "\n"),
+                       (args.out, render_markdown(results) + "\n")):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    print(f"bench_step: {results['elapsed_s']:.1f} s in all; wrote {args.out} and {args.json}")
+
+if __name__ == "__main__":
+    main()
