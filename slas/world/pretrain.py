@@ -33,6 +33,7 @@ from torch import Tensor
 
 from slas.backbones.world import WorldBackbone
 from slas.errors import SlasError
+from slas.sampling.schedules import shift_sigmas
 from slas.world.captions import sample_pairs
 from slas.world.render import render
 
@@ -133,12 +134,14 @@ def pretrain(
     seed: int = 0,
     caption_dropout: float = 0.1,
     sigma_sampling: SigmaSampling = "uniform",
+    sigma_shift: float = 1.0,
     ema_decay: float = 0.995,
     log_every: int = 10,
     eval_every: int | None = None,
     save_every_minutes: float | None = None,
     unet_kwargs: dict | None = None,
     text_kwargs: dict | None = None,
+    init_from: str | Path | None = None,
 ) -> PretrainResult:
     """Train the world policy from scratch and save it (EMA weights) to ``out_dir``.
 
@@ -154,6 +157,10 @@ def pretrain(
         seed: seed of the initialisation, data, sigma and noise.
         caption_dropout: probability of training on the empty caption (for CFG).
         sigma_sampling: ``"uniform"`` (default, see module docstring) or ``"logit_normal"``.
+        sigma_shift: SD3 time shift applied to the drawn sigma (``shift_sigmas``); ``s > 1``
+            moves training towards high noise, where the prompt alone must set each object's
+            colour and place (a colour is still visible in ``x_sigma`` at moderate noise, so
+            without it the network learns to copy colours from the noise).
         ema_decay: EMA decay (with the usual ``(1 + k) / (10 + k)`` ramp); 0 saves the raw weights.
         log_every: steps per log line (stdout and ``pretrain_log.jsonl``).
         eval_every: if set, every this many steps evaluate the EMA policy with
@@ -162,6 +169,10 @@ def pretrain(
             often.
         unet_kwargs: overrides of ``slas.backbones.world.unet_config`` arguments.
         text_kwargs: overrides of ``slas.backbones.world.text_encoder_config`` arguments.
+        init_from: if set, a policy directory whose weights initialise the networks (a warm
+            start with a fresh optimiser, warm-up and step counter; the architecture arguments
+            must match). Not a resume: the data seeds restart at step 0, so pass another
+            ``seed`` to continue on fresh batches.
 
     Returns:
         ``PretrainResult``.
@@ -170,6 +181,10 @@ def pretrain(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     backbone = WorldBackbone.create(unet_kwargs=unet_kwargs, text_kwargs=text_kwargs, seed=seed)
+    if init_from is not None:
+        start_from = WorldBackbone.from_pretrained(init_from)
+        backbone.unet.load_state_dict(start_from.unet.state_dict())
+        backbone.text_encoder.load_state_dict(start_from.text_encoder.state_dict())
     backbone.text_encoder.requires_grad_(True)  # trained jointly here, frozen during RL
     backbone.unet.train()
     params = list(backbone.unet.parameters()) + list(backbone.text_encoder.parameters())
@@ -177,7 +192,9 @@ def pretrain(
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     settings = {"batch_size": batch_size, "lr": lr, "warmup_steps": warmup_steps, "seed": seed,
                 "caption_dropout": caption_dropout, "sigma_sampling": sigma_sampling,
-                "ema_decay": ema_decay, "grad_clip": grad_clip, "weight_decay": weight_decay}
+                "sigma_shift": sigma_shift,
+                "ema_decay": ema_decay, "grad_clip": grad_clip, "weight_decay": weight_decay,
+                "init_from": None if init_from is None else Path(init_from).name}
     log_path = out_dir / "pretrain_log.jsonl"
     log_path.write_text("")
     losses: list[float] = []
@@ -188,7 +205,7 @@ def pretrain(
             minutes is None or time.perf_counter() - start < 60 * minutes):
         x0, prompts, gen = training_batch(step, batch_size=batch_size, seed=seed,
                                           caption_dropout=caption_dropout)
-        sigma = sample_sigmas(batch_size, gen, sigma_sampling)
+        sigma = shift_sigmas(sample_sigmas(batch_size, gen, sigma_sampling), sigma_shift)
         noise = torch.randn(x0.shape, generator=gen)
         s = sigma.view(-1, 1, 1, 1)
         x_t = (1 - s) * x0 + s * noise
@@ -261,16 +278,19 @@ def main(argv: list[str] | None = None) -> PretrainResult:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--caption-dropout", type=float, default=0.1)
     p.add_argument("--sigma-sampling", choices=["uniform", "logit_normal"], default="uniform")
+    p.add_argument("--sigma-shift", type=float, default=1.0)
     p.add_argument("--ema-decay", type=float, default=0.995)
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--eval-every", type=int, default=None)
     p.add_argument("--save-every-minutes", type=float, default=None)
+    p.add_argument("--init-from", default=None, help="policy directory to warm-start from")
     a = p.parse_args(argv)
     result = pretrain(a.out, minutes=a.minutes, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
                       seed=a.seed, caption_dropout=a.caption_dropout,
-                      sigma_sampling=a.sigma_sampling, ema_decay=a.ema_decay,
+                      sigma_sampling=a.sigma_sampling, sigma_shift=a.sigma_shift,
+                      ema_decay=a.ema_decay,
                       log_every=a.log_every, eval_every=a.eval_every,
-                      save_every_minutes=a.save_every_minutes)
+                      save_every_minutes=a.save_every_minutes, init_from=a.init_from)
     print(json.dumps({"done": True, "steps": result.steps, "seconds": round(result.seconds, 1),
                       "out_dir": str(result.out_dir)}), flush=True)
     return result

@@ -9,7 +9,7 @@ from slas.backbones.world import WorldBackbone
 from slas.errors import SlasError
 from slas.world.pretrain import flow_matching_loss, pretrain, sample_sigmas, training_batch
 
-TINY = {"unet_kwargs": {"block_out_channels": (8, 16), "attention_levels": (False, True),
+TINY = {"unet_kwargs": {"block_out_channels": (8, 16, 16), "attention_levels": (False, False, True),
                         "norm_num_groups": 4, "attention_heads": 2},
         "text_kwargs": {"hidden_size": 16, "num_layers": 1, "num_heads": 2}}
 
@@ -71,3 +71,17 @@ def test_bad_arguments():
         pretrain("unused", batch_size=4)
     with pytest.raises(SlasError, match="caption_dropout"):
         pretrain("unused", steps=1, caption_dropout=1.5)
+
+
+def test_init_from_starts_at_the_given_weights(tmp_path):
+    pretrain(tmp_path / "a", steps=2, batch_size=4, seed=0, warmup_steps=1, **TINY)
+    # One step at lr 1e-12 moves an Adam parameter by ~1e-12, so the saved weights are the
+    # warm-start weights, not the seed-3 initialisation.
+    pretrain(tmp_path / "b", steps=1, batch_size=4, seed=3, lr=1e-12, warmup_steps=1,
+             ema_decay=0.0, init_from=tmp_path / "a", **TINY)
+    pretrain(tmp_path / "c", steps=1, batch_size=4, seed=3, lr=1e-12, warmup_steps=1,
+             ema_decay=0.0, **TINY)
+    wa, wb, wc = (WorldBackbone.from_pretrained(tmp_path / d).unet.conv_in.weight
+                  for d in "abc")
+    torch.testing.assert_close(wb, wa, atol=1e-9, rtol=0)
+    assert not torch.allclose(wc, wa)
