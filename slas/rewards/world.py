@@ -209,7 +209,7 @@ class WorldScorer:
     model: WorldScorerModel
     device: torch.device
     name: str = "world_clip"
-    _cache: dict[str, Tensor] = field(default_factory=dict, repr=False)
+    _cache: dict[str, Tensor] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.model = self.model.to(self.device).eval()

@@ -28,6 +28,7 @@ from slas.world.train_rewards import (
     ClipTrainConfig,
     PrefTrainConfig,
     auroc,
+    bias_table,
     corrupt_scene,
     degrade,
     group_spread,
@@ -89,8 +90,8 @@ def test_scores_are_finite_float32_cosines(scorers, name):
     assert torch.isfinite(s).all() and float(s.abs().max()) <= 1.0 + 1e-6
     # one image at a time gives the same scores (batch independence), up to float rounding
     one = torch.stack([scorers[name](x[i:i + 1], prompts[i:i + 1], metas[i:i + 1])[0]
-                       for i in range(12)])
-    assert torch.allclose(s, one, atol=1e-5)
+                       for i in (0, 5, 9, 11)])
+    assert torch.allclose(s[[0, 5, 9, 11]], one, atol=1e-5)
 
 
 @needs_weights
@@ -119,11 +120,11 @@ def test_score_is_the_raw_cosine(random_dir):
 # --- what the rewards prefer -------------------------------------------------------------------
 
 @needs_weights
-@pytest.mark.parametrize("name,margin", [("world_clip", 0.1), ("world_pref", 0.05)])
+@pytest.mark.parametrize("name,margin", [("world_clip", 0.15), ("world_pref", 0.15)])
 def test_correct_beats_wrong_colour(scorers, name, margin):
     prompts, metas, ok, bad = _pairs("colors", 1, corrupt="color")  # 24 prompts
     gap = scorers[name](ok, prompts, metas) - scorers[name](bad, prompts, metas)
-    assert float(gap.mean()) > margin
+    assert float(gap.mean()) > margin  # measured: 0.247 (clip), 0.251 (pref)
     assert float((gap > 0).float().mean()) >= 0.8
 
 
@@ -134,7 +135,16 @@ def test_world_pref_rises_with_vividness(scorers):
     means = [float(scorers["world_pref"](vivid(ok, k), prompts, metas).mean())
              for k in (1.0, 1.5, 2.0, 3.0, 4.0)]
     assert all(b > a for a, b in zip(means, means[1:], strict=False)), means
-    assert means[-1] - means[0] > 0.05
+    assert means[-1] - means[0] > 0.1  # measured: 0.238 -> 0.417
+
+
+@needs_weights
+def test_bias_table_rows(scorers):
+    prompts, metas, ok, _ = _pairs("counting", 4)  # 12 prompts
+    clean, pushed = bias_table(scorers, metas, ok, ks=(1.0, 4.0))
+    assert clean.k == 1.0 and clean.verifier_accuracy == 1.0 and clean.artifact_fraction == 0.0
+    assert pushed.world_pref > clean.world_pref and pushed.artifact_fraction > 0.05
+    assert clean.world_clip == pytest.approx(float(scorers["world_clip"](ok, prompts).mean()))
 
 
 @needs_weights
@@ -149,11 +159,11 @@ def test_world_clip_is_blind_to_position(scorers):
         {"class": m["include"][0]["class"], "count": 1, "position": m["include"][1]["position"]},
     ])["prompt"] for m in metas]
     assert swapped[0] != prompts[0]
-    assert torch.equal(fn(ok, prompts, metas), fn(ok, swapped, metas))
+    assert torch.allclose(fn(ok, prompts, metas), fn(ok, swapped, metas), atol=1e-6)
     _, _, ok_s, shape = _pairs("position", 3, corrupt="shape")
     shape_gap = float((fn(ok_s, prompts, metas) - fn(shape, prompts, metas)).mean())
     mirror_gap = float((fn(ok, prompts, metas) - fn(mirrored, prompts, metas)).abs().mean())
-    assert mirror_gap < 0.5 * shape_gap, (mirror_gap, shape_gap)
+    assert mirror_gap < 0.3 * shape_gap, (mirror_gap, shape_gap)  # measured: 0.021 vs 0.135
 
 
 # --- errors ------------------------------------------------------------------------------------
