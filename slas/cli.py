@@ -144,9 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a policy out of domain")
     ev = p.add_subparsers(dest="eval_command", metavar="BENCHMARK", required=True)
     _add_policy_eval_args(ev.add_parser("world", help="world-GenEval, fidelity, proxy rewards"))
-    from slas.cli_eval import add_geneval_parser, add_unigenbench_parser
+    from slas.cli_eval import add_geneval_parser, add_summary_parser, add_unigenbench_parser
 
     add_unigenbench_parser(ev)
+    add_summary_parser(ev)
     add_geneval_parser(ev)
 
     p = sub.add_parser("report", help="Markdown + HTML report comparing run directories")

@@ -175,3 +175,49 @@ def _geneval_scorer(args: argparse.Namespace) -> tuple:
     return detector, colors, {"detector": args.detector, **where, "color_classifier": "clip",
                               "clip_checkpoint": Path(args.clip_checkpoint).name,
                               "clip_arch": args.clip_arch}
+
+
+GENEVAL_COLUMNS = {"single_object": "Single Obj.", "two_object": "Two Obj.", "counting": "Counting",
+                   "colors": "Colors", "position": "Position", "color_attr": "Color Attri."}
+
+
+def add_summary_parser(sub) -> None:
+    p = sub.add_parser("summary", help="paper-style tables of several evaluation folders")
+    p.add_argument("dirs", nargs="+", help="output folders of `slas eval geneval|unigenbench`")
+    p.set_defaults(func=eval_summary)
+
+
+def eval_summary(args: argparse.Namespace) -> int:
+    """Print one Markdown table per benchmark, one row per folder (its summary.json)."""
+    from slas.eval.unigenbench import PRIMARY_DIMENSIONS
+
+    geneval, unigen = [], []
+    for d in args.dirs:
+        path = Path(d) / "summary.json"
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as err:
+            raise SlasError(f"{path}: cannot read an evaluation summary ({err}); run `slas eval "
+                            "geneval` or `slas eval unigenbench` with --out there first") from None
+        name = Path(d).resolve().name
+        if "per_tag" in data:
+            cells = [data["per_tag"].get(t) for t in GENEVAL_COLUMNS] + [data["overall"]]
+            geneval.append((name, [f"{v:.2f}" if v is not None else "–" for v in cells]))
+        elif "primary_dimensions" in data:
+            prim = data["primary_dimensions"]
+            cells = [prim[p]["accuracy"] if p in prim else None for p in PRIMARY_DIMENSIONS]
+            cells.append(data["overall"])
+            unigen.append((name, [f"{100 * v:.2f}" if v is not None else "–" for v in cells]))
+        else:
+            raise SlasError(f"{path}: neither a GenEval nor a UniGenBench summary")
+    if geneval:
+        print(_markdown(["model", *GENEVAL_COLUMNS.values(), "Overall"], geneval))
+    if unigen:
+        print(_markdown(["model", *PRIMARY_DIMENSIONS, "Overall"], unigen))
+    return 0
+
+
+def _markdown(head: list[str], rows: list[tuple[str, list[str]]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join([name, *cells]) + " |" for name, cells in rows]
+    return "\n".join(lines) + "\n"

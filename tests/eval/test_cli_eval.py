@@ -60,3 +60,25 @@ def test_unigenbench_score_only_prints_the_table(shared_data, judge_url, tmp_pat
     # rerun: everything is already judged, nothing is asked again
     assert main(argv) == 0
     assert "0 judged, 6 already done" in capsys.readouterr().out
+
+
+def test_eval_summary_side_by_side(tmp_path, capsys):
+    tags = ["single_object", "two_object", "counting", "colors", "position", "color_attr"]
+    for name, score in (("base", 0.42), ("slas", 0.53)):
+        (tmp_path / name).mkdir()
+        per_tag = dict.fromkeys(tags, score)
+        (tmp_path / name / "summary.json").write_text(json.dumps(
+            {"per_tag": per_tag, "overall": score, "n_images": 4}))
+    (tmp_path / "flux").mkdir()
+    (tmp_path / "flux" / "summary.json").write_text(json.dumps(
+        {"primary_dimensions": {"Style": {"correct": 3, "total": 4, "accuracy": 0.75}},
+         "overall": 0.6064}))
+    argv = ["eval", "summary", *(str(tmp_path / n) for n in ("base", "slas", "flux"))]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "| base | 0.42 | 0.42 | 0.42 | 0.42 | 0.42 | 0.42 | 0.42 |" in out
+    assert "| slas | 0.53 |" in out and "Color Attri." in out
+    flux = next(line for line in out.splitlines() if line.startswith("| flux"))
+    assert "| 75.00 |" in flux and flux.endswith("| 60.64 |") and flux.count("–") == 9
+    assert main(["eval", "summary", str(tmp_path / "missing")]) == 2
+    assert "cannot read an evaluation summary" in capsys.readouterr().err
