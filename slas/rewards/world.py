@@ -15,7 +15,8 @@ CLIPScore notes of the design's reference material). Values lie in [-1, 1].
   others); that is the imperfection the world needs, mirroring CLIP's known weakness on
   composition.
 
-``world_clip`` is trained with a symmetric InfoNCE loss on rendered world pairs;
+``world_clip`` is trained with a symmetric InfoNCE loss on rendered world pairs, with the
+images jittered by :func:`vivid` so that it barely reacts to contrast and saturation;
 ``world_pref`` starts from it and is fine-tuned with a Bradley-Terry loss on synthetic
 preference pairs whose labellers prefer correct renders and, between two correct renders, the
 more vivid one (:func:`vivid`, larger ``k``). That second rule is the exploitable bias: on

@@ -383,12 +383,18 @@ def _measure(out: Path, policy: Path | None) -> None:
         paired = float((s[labels] > s[~labels]).float().mean())
         print(f"{name}: clean vs corrupted renders: AUROC {auroc(s, labels):.3f}, "
               f"same-prompt pair accuracy {paired:.3f}")
+    distinct_eval = list({m["prompt"]: m for m in rows}.values())  # 68 prompts
+    metas = [m for m in distinct_eval for _ in range(8)]  # groups of 8 correct renders
+    group = render([scene_for(m, rng) for m in metas], seed=2)
+    ids = torch.arange(len(distinct_eval)).repeat_interleave(8)
+    for name, fn in scorers.items():
+        spread = group_spread(fn(group, [m["prompt"] for m in metas], metas), ids)
+        print(f"{name}: groups of 8 correct renders: {spread}")
     if policy is None:
         return
     from slas.backbones.world import WorldBackbone
 
     backbone = WorldBackbone.from_pretrained(policy, torch.device("cpu"))
-    distinct_eval = list({m["prompt"]: m for m in rows}.values())  # 68 prompts
     for label, metas in (("eval", distinct_eval[::2]), ("train", train_prompts()[::10])):
         print(label, len(metas), "prompts:", measure_policy(scorers, backbone, metas))
 
