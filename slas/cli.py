@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -217,6 +218,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SlasError as err:
         print(f"slas {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into e.g. `head`: stop quietly
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - stays open until exit
+        return 0
     except KeyboardInterrupt:
         print(f"slas {args.command}: interrupted", file=sys.stderr)
         return 130
