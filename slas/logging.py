@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from slas.errors import SlasError
 
 
 class PhaseTimer:
@@ -81,14 +83,43 @@ class MetricsLogger:
             self._wandb.finish()
 
 
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """All rows of ``<run_dir>/metrics.jsonl``; a resumed run's repeated steps keep the last."""
-    rows: dict[int, dict[str, Any]] = {}
+def read_jsonl(path: Path, check: Callable[[dict[str, Any]], str | None] | None = None
+               ) -> list[dict[str, Any]]:
+    """The objects of the non-blank lines of a run's JSONL file, each with an integer ``step``
+    and passing ``check`` (which returns a problem or None); a bad line -> SlasError file:line."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise SlasError(f"{path}: cannot be read as UTF-8 text ({err}); "
+                        "point at a run directory the trainer wrote") from None
+    out = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise SlasError(f"{path}:{lineno}: unreadable JSON ({err.msg}); "
+                            "repair or delete that line") from None
+        step = row.get("step") if isinstance(row, dict) else None
+        if not isinstance(step, int) or isinstance(step, bool):
+            problem: str | None = 'expected a JSON object with an integer "step"'
+        else:
+            problem = check(row) if check else None
+        if problem:
+            raise SlasError(f"{path}:{lineno}: {problem}; repair or delete that line")
+        out.append(row)
+    return out
+
+
+def read_metrics(run_dir: Path, check: Callable[[dict[str, Any]], str | None] | None = None
+                 ) -> list[dict[str, Any]]:
+    """All rows of ``<run_dir>/metrics.jsonl`` (none if absent), merged by step in step order:
+    a step logged twice (training then evaluation, or a resumed run) keeps the last values."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         return []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            row = json.loads(line)
-            rows.setdefault(row["step"], {}).update(row)
+    rows: dict[int, dict[str, Any]] = {}
+    for row in read_jsonl(path, check):
+        rows.setdefault(row["step"], {}).update(row)
     return [rows[k] for k in sorted(rows)]

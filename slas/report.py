@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import math
 import re
 import shutil
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -24,6 +23,7 @@ import numpy as np
 import yaml
 
 from slas.errors import SlasError
+from slas.logging import read_jsonl, read_metrics
 
 GENEVAL_TAGS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 MISSING = "–"
@@ -90,34 +90,6 @@ def _advantages_error(row: dict[str, Any]) -> str | None:
     return None if ok else '"advantages" must be a list of numbers'
 
 
-def _read_jsonl(path: Path, check: Callable[[dict[str, Any]], str | None]
-                ) -> list[dict[str, Any]]:
-    """The objects of the non-blank lines, each with an integer step and passing ``check``."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise SlasError(f"{path}: cannot be read as UTF-8 text ({err}); "
-                        "point the report at a run directory the trainer wrote") from None
-    out = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise SlasError(f"{path}:{lineno}: unreadable JSON ({err.msg}); "
-                            "repair or delete that line") from None
-        step = row.get("step") if isinstance(row, dict) else None
-        if not isinstance(step, int) or isinstance(step, bool):
-            problem: str | None = 'expected a JSON object with an integer "step"'
-        else:
-            problem = check(row)
-        if problem:
-            raise SlasError(f"{path}:{lineno}: {problem}; repair or delete that line")
-        out.append(row)
-    return out
-
-
 def _estimator(path: Path) -> str | None:
     """``advantage.estimator`` of a resolved ``config.yaml``, or None when absent."""
     if not path.is_file():
@@ -148,16 +120,14 @@ def load_run(run_dir: Path, *, name: str | None = None) -> RunData:
                         "pass directories written by `slas train`")
     name = name or run_dir.resolve().name
     estimator = _estimator(run_dir / "config.yaml")
-    rows: dict[int, dict[str, Any]] = {}
-    for row in _read_jsonl(metrics, _metrics_error):
-        rows.setdefault(row["step"], {}).update(row)
+    rows = read_metrics(run_dir, check=_metrics_error)
     adv_path = run_dir / "advantages.jsonl"
     advantages = {r["step"]: tuple(float(v) for v in r["advantages"] if math.isfinite(v))
-                  for r in (_read_jsonl(adv_path, _advantages_error) if adv_path.is_file() else [])}
+                  for r in (read_jsonl(adv_path, _advantages_error) if adv_path.is_file() else [])}
     samples = sorted((int(m.group(1)), p) for p in (run_dir / "samples").glob("step_*.png")
                      if (m := _SAMPLE_RE.search(p.name)))
     return RunData(name=name, label=f"{name} ({estimator})" if estimator else name,
-                   rows=tuple(rows[k] for k in sorted(rows)),
+                   rows=tuple(rows),
                    advantages=tuple(sorted(advantages.items())), samples=tuple(samples))
 
 
