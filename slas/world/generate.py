@@ -18,8 +18,8 @@ from torch import Tensor
 
 from slas.backbones.base import Backbone
 from slas.errors import SlasError
+from slas.eval.generate import sample_latents
 from slas.sampling.schedules import linear_sigmas, shift_sigmas
-from slas.sampling.steps import flow_ode_step
 
 
 class WorldEvalResult(NamedTuple):
@@ -89,12 +89,8 @@ def sample_images(
         rows = torch.arange(len(prompts)).repeat_interleave(samples_per_prompt)
         for lo in range(0, n, batch_size):
             idx = rows[lo:lo + batch_size]
-            c = cond.select(idx)
-            x = noise[lo:lo + batch_size].to(device)
-            for i in range(num_steps):
-                t = sigmas[i].expand(len(idx)).to(device)
-                v = backbone.predict(x, t, c, guidance_scale)
-                x = flow_ode_step(v, x, sigmas[i], sigmas[i + 1])
+            x = sample_latents(backbone, cond.select(idx), noise[lo:lo + batch_size].to(device),
+                               sigmas, guidance_scale)
             out.append(backbone.decode(x).cpu())
     return torch.cat(out)
 
