@@ -80,7 +80,8 @@ def _lazy(name: str) -> Callable[[argparse.Namespace], int]:
 def _world_passthrough(args: argparse.Namespace) -> int:
     from slas.cli_commands import passthrough
 
-    module = {"pretrain": "slas.world.pretrain", "rewards": "slas.world.train_rewards"}
+    module = {"pretrain": "slas.world.pretrain", "rewards": "slas.world.train_rewards",
+              "experiment": "slas.world.experiment"}
     return passthrough(module[args.world_command], args.rest)
 
 
@@ -167,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in (
         ("pretrain", "retrain the base policy (see --help)"),
         ("rewards", "retrain the proxy rewards (see --help)"),
+        ("experiment", "every advantage estimator x seeds -> docs/results-world.md"),
     ):
         q = w.add_parser(name, help=text, add_help=False)
         q.add_argument("rest", nargs=argparse.REMAINDER)
@@ -195,7 +197,7 @@ def _split_preset(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    if len(argv) >= 2 and argv[0] == "world" and argv[1] in ("pretrain", "rewards"):
+    if len(argv) >= 2 and argv[0] == "world" and argv[1] in ("pretrain", "rewards", "experiment"):
         # these keep their own argparse (and --help); everything after the name is theirs
         args = argparse.Namespace(
             command="world", world_command=argv[1], rest=argv[2:], func=_world_passthrough

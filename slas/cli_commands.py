@@ -132,8 +132,7 @@ def passthrough(module: str, argv: list[str]) -> int:
     """Run a module's own argparse entry point (``slas world pretrain ...``)."""
     import importlib
 
-    importlib.import_module(module).main(argv)
-    return 0
+    return importlib.import_module(module).main(argv) or 0
 
 
 def require_dir(path: str, what: str) -> Path:

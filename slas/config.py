@@ -255,6 +255,47 @@ class TrainConfig:
 
 
 @dataclass
+class TrustConfig:
+    every: int = _f(
+        0,
+        "Measure the gamma trust region (DESIGN §3.4: Fisher lambda_max, G^2, the KL of the update "
+        "and the moment bound on gamma) every N steps; 0 = off. Costs a few forward/backward "
+        "passes over trust.samples transitions.",
+    )
+    samples: int = _f(8, "Trained transitions (sample, step) the measurements use.")
+    fisher_iters: int = _f(20, "Power iterations for lambda_max (stops early at 1e-3 relative).")
+    kl_target: float = _f(
+        2e-3,
+        "KL budget delta per iteration, in the units of gaussian_kl with the configured "
+        "log-prob reduction (per-element mean by default). Sets gamma/bound and the adaptive "
+        "target.",
+    )
+    step_size: Literal["lr", "effective"] = _f(
+        "lr",
+        "eta in the budget B = 2 delta / (lambda_max eta^2 G^2): lr = train.lr x "
+        "optimizer_steps_per_iteration (the SGD step of Appendix E); effective = |dtheta| / |g| "
+        "of the last update (Adam's actual step length; far more conservative).",
+    )
+    adaptive: bool = _f(
+        False,
+        "Adapt advantage.gamma (estimator slas only) toward trust.kl_target after every step, "
+        "never above the last measured bound (AdaptiveGamma).",
+    )
+    rate: float = _f(0.1, "Adaptive gamma: change per step at full relative KL error.")
+    gamma_max: float = _f(4.0, "Upper end of the bound search and of adaptive gamma.")
+
+    def __post_init__(self) -> None:
+        _check(self.every >= 0, "trust.every", "must be >= 0 (0 = off)")
+        _check(self.samples >= 2, "trust.samples", "must be >= 2")
+        _check(self.fisher_iters >= 1, "trust.fisher_iters", "must be >= 1")
+        _check(self.kl_target > 0, "trust.kl_target", f"must be > 0, got {self.kl_target}")
+        _check(self.rate > 0 and self.gamma_max > 0, "trust.rate",
+               "trust.rate and trust.gamma_max must be > 0")
+        _check(not self.adaptive or self.every >= 1, "trust.adaptive",
+               "needs the bound: set trust.every >= 1 (e.g. 5)")
+
+
+@dataclass
 class EvalConfig:
     prompts: Literal["world", "none"] = _f(
         "world", "Evaluation: `world` (world-GenEval of the built-in out-of-domain prompts, "
@@ -300,8 +341,22 @@ class Config:
     reward: RewardConfig = field(default_factory=RewardConfig)
     advantage: AdvantageConfig = field(default_factory=AdvantageConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    trust: TrustConfig = field(default_factory=TrustConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self) -> None:
+        _check(
+            not self.trust.adaptive or self.advantage.estimator == "slas",
+            "trust.adaptive",
+            f"adapts the SLAS exponent; set advantage.estimator=slas (got "
+            f"{self.advantage.estimator!r}) or trust.adaptive=false",
+        )
+        _check(
+            not self.trust.adaptive or self.trust.gamma_max >= self.advantage.gamma,
+            "trust.gamma_max",
+            f"must be >= advantage.gamma = {self.advantage.gamma} (the starting value)",
+        )
 
     def validate_for(self, num_processes: int) -> None:
         """Checks that need the process count (known only at launch)."""

@@ -7,6 +7,7 @@ the global batch, and gradients averaged across processes before each optimiser 
 
 from __future__ import annotations
 
+import functools
 import math
 import signal
 from collections.abc import Sequence
@@ -35,6 +36,8 @@ from slas.losses import gaussian_kl, ppo_clip_loss
 from slas.rewards import RewardFn, get_reward
 from slas.sampling.rollout import Trajectory, make_times, model_time, rollout, transition
 from slas.sampling.selection import SELECTIONS
+from slas.sampling.steps import StepOutput
+from slas.trust_monitor import TrustMonitor, current_advantage_fn
 
 
 class Round(NamedTuple):
@@ -85,6 +88,9 @@ class Trainer:
             std=config.advantage.std,
             eps=config.advantage.eps,
         )
+        self.trust = TrustMonitor(
+            config, self.params, lambda x: self.accelerator.reduce(x, reduction="mean")
+        )
         self.times = make_times(self.backbone, config.sample).to(self.device)
         self.optimizer = torch.optim.AdamW(
             self.params,
@@ -102,6 +108,7 @@ class Trainer:
         self.skipped_in_row = 0
         self.skipped_total = 0
         self.last_advantages = torch.zeros(0)
+        self._round_rewards = (torch.zeros(0, 0), torch.zeros(0, dtype=torch.long))
         self._stop = False
         self._prepare_run_dir(resume)
         self.logger = (
@@ -172,14 +179,16 @@ class Trainer:
         all_rewards = self.accelerator.gather(rewards.T.contiguous()).T.cpu()  # [K, N]
         all_groups = self.accelerator.gather(traj.group_ids.to(self.device)).cpu()
         cfg = self.config
+        fn = current_advantage_fn(cfg, self.trust.gamma) if self.trust.controller else None
         adv = combine(
             all_rewards,
             cfg.reward.weights,
             all_groups,
-            self.advantage_fn,
+            fn or self.advantage_fn,
             cfg.reward.aggregate,
             cfg.advantage.clamp,
         )
+        self._round_rewards = (all_rewards, all_groups)
         self.last_advantages = adv
         n_local = traj.group_ids.numel()
         mine = adv[self.rank * n_local : (self.rank + 1) * n_local].to(self.device)
@@ -198,7 +207,8 @@ class Trainer:
         )
         chunks = list(pairs.split(cfg.sample.micro_batch_size))
         parts = [p for p in _split_even(chunks, cfg.train.optimizer_steps_per_iteration) if p]
-        totals: dict[str, float] = {}
+        step_fn = functools.partial(self._policy_step, traj, cond)
+        totals = self.trust.before_update(self.step_index, *self._round_rewards, step_fn, steps)
         for part in parts:
             finite = True
             for chunk in part:
@@ -209,26 +219,32 @@ class Trainer:
                 for key, value in _loss_metrics(out).items():
                     totals[key] = totals.get(key, 0.0) + value / len(chunks)
             totals.update(self._optimizer_step(finite))
+        totals.update(self.trust.after_update(totals.get("train/grad_norm", 0.0)))
         return totals
 
     # ------------------------------------------------------------------ update pieces
 
+    def _policy_step(self, traj: Trajectory, cond: Conditioning, rows: Tensor,
+                     step: Tensor) -> StepOutput:
+        """The current policy's transition ``x_step -> x_{step+1}`` of trajectories ``rows``
+        (``[m]`` each), evaluated at the recorded next sample."""
+        x, prev = traj.latents[rows, step], traj.latents[rows, step + 1]
+        device_step = step.to(self.device)
+        with self._autocast():
+            out = self.backbone.predict(x, model_time(self.times, device_step),
+                                        cond.select(traj.prompt_ids[rows]),
+                                        self.config.sample.guidance_scale)
+        return transition(self.backbone, self.config.sample, self.times, device_step, x, out,
+                          prev_sample=prev)
+
     def _chunk_loss(self, traj: Trajectory, advantages: Tensor, cond, chunk: Tensor):
         cfg = self.config
-        rows, step = chunk[:, 0], chunk[:, 1].to(self.device)
-        x, prev = traj.latents[rows, step.cpu()], traj.latents[rows, step.cpu() + 1]
-        c = cond.select(traj.prompt_ids[rows])
-        t = model_time(self.times, step)
-        with self._autocast():
-            out = self.backbone.predict(x, t, c, cfg.sample.guidance_scale)
-        new = transition(self.backbone, cfg.sample, self.times, step, x, out, prev_sample=prev)
+        rows, step = chunk[:, 0], chunk[:, 1]
+        new = self._policy_step(traj, cond, rows, step)
         kl = None
         if self.reference is not None:
-            with torch.no_grad(), _swapped(self.params, self.reference), self._autocast():
-                ref_out = self.backbone.predict(x, t, c, cfg.sample.guidance_scale)
-            ref = transition(
-                self.backbone, cfg.sample, self.times, step, x, ref_out, prev_sample=prev
-            )
+            with torch.no_grad(), _swapped(self.params, self.reference):
+                ref = self._policy_step(traj, cond, rows, step)
             kl = gaussian_kl(new.mean, ref.mean, new.std, cfg.sample.logprob_reduction)
         return ppo_clip_loss(
             new.log_prob,
@@ -433,6 +449,7 @@ class Trainer:
             "rng": rng_state(),
             "skipped_in_row": self.skipped_in_row,
             "skipped_total": self.skipped_total,
+            "trust": self.trust.state_dict(),
         }
 
     def save(self) -> Path | None:
@@ -461,6 +478,8 @@ class Trainer:
         set_rng_state(state["rng"])
         self.step_index = state["step"]
         self.skipped_in_row, self.skipped_total = state["skipped_in_row"], state["skipped_total"]
+        if "trust" in state:
+            self.trust.load_state_dict(state["trust"])
 
     def _prepare_run_dir(self, resume: bool) -> None:
         if resume:

@@ -236,13 +236,77 @@ def fisher_lambda_max(
             _, jv = jvp(mean_fn, (primals,), (_unflatten(v, primals),))
             return _flatten(vjp_fn(jv * weight)[0], primals)
 
-    first = next(iter(primals.values()))
-    size = sum(p.numel() for p in primals.values())
+    return power_iteration(fvp, sum(p.numel() for p in primals.values()),
+                           iters=iters, tol=tol, generator=generator,
+                           like=next(iter(primals.values())))
+
+
+def fisher_lambda_max_graph(
+    mu: Tensor,
+    params: Sequence[Tensor],
+    std: float | Tensor,
+    *,
+    iters: int = 50,
+    tol: float = 1e-4,
+    generator: torch.Generator | None = None,
+    reduction: LogProbReduction = "mean",
+) -> float:
+    """:func:`fisher_lambda_max` for a step mean already computed with autograd.
+
+    For models that are not easily called functionally (a backbone adapter whose ``predict``
+    wraps several modules). Jv comes from the double-backward identity
+    Jv = ∂/∂u ⟨Jᵀu, v⟩ (Jᵀu is linear in u), so only reverse mode is used; ``mu`` must have been
+    computed with the math attention kernel (``sdpa_kernel(SDPBackend.MATH)``) where the fused
+    kernels lack double backward. Same F, weights and return value as :func:`fisher_lambda_max`.
+
+    Args:
+        mu: ``[N, *S]`` step means, attached to the graph of ``params``.
+        params: the parameters differentiated (``requires_grad``).
+        std, iters, tol, generator, reduction: as :func:`fisher_lambda_max`.
+    """
+    if reduction not in ("mean", "sum"):
+        raise SlasError(f"fisher_lambda_max_graph: reduction must be 'mean' or 'sum', got "
+                        f"{reduction!r}")
+    params = list(params)
+    n = mu.shape[0]
+    d = mu[0].numel() if reduction == "mean" else 1
+    s = torch.as_tensor(std.detach() if isinstance(std, Tensor) else std,
+                        dtype=mu.dtype, device=mu.device)
+    if s.ndim not in (0, 1) or (s.ndim == 1 and s.shape[0] != n) or not bool((s > 0).all()):
+        raise SlasError(f"fisher_lambda_max_graph: std must be > 0, a float or [N] with N={n}")
+    weight = (1.0 / (s * s * n * d)).reshape(-1, *([1] * (mu.ndim - 1)))
+    u = torch.zeros_like(mu, requires_grad=True)
+    jt_u = torch.autograd.grad(mu, params, u, create_graph=True, allow_unused=True)
+    jt_u = [torch.zeros_like(p) if g is None else g for g, p in zip(jt_u, params, strict=True)]
+    shapes = [p.numel() for p in params]
+
+    def fvp(v: Tensor) -> Tensor:
+        parts = [c.view_as(p) for c, p in zip(v.split(shapes), params, strict=True)]
+        (jv,) = torch.autograd.grad(jt_u, u, parts, retain_graph=True)
+        back = torch.autograd.grad(mu, params, jv * weight, retain_graph=True, allow_unused=True)
+        return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1)
+                          for g, p in zip(back, params, strict=True)])
+
+    return power_iteration(fvp, sum(shapes), iters=iters, tol=tol, generator=generator,
+                           like=params[0])
+
+
+def power_iteration(
+    matvec: Callable[[Tensor], Tensor],
+    size: int,
+    *,
+    iters: int,
+    tol: float,
+    generator: torch.Generator | None,
+    like: Tensor,
+) -> float:
+    """Top eigenvalue of a PSD operator ``matvec`` on ``[size]`` vectors (dtype/device of
+    ``like``), from a random start drawn on the CPU; the last Rayleigh quotient, 0 if it is 0."""
     v = torch.randn(size, generator=generator, dtype=torch.float64)
-    v = (v / v.norm()).to(device=first.device, dtype=first.dtype)
+    v = (v / v.norm()).to(device=like.device, dtype=like.dtype)
     lam = 0.0
     for _ in range(iters):
-        w = fvp(v)
+        w = matvec(v)
         new = float(torch.dot(v.double(), w.double()))
         norm = float(w.norm())
         if norm == 0.0:

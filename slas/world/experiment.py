@@ -1,0 +1,173 @@
+"""`slas world experiment`: the paper's claims tested on the built-in world, over seeds.
+
+Every method trains from the same base policy with the same prompts, reward, seeds and budget
+(the ``world`` preset); only the advantage options differ. Runs are independent processes, run
+``--jobs`` at a time with one thread each, and resumable: a finished run is skipped, an
+interrupted one continues from its last checkpoint. Then :mod:`slas.world.experiment_report`
+writes the Markdown results and plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from slas.errors import SlasError
+
+TRUST = ["trust.every=10"]  # every run logs the measured trust-region bound
+
+
+@dataclass(frozen=True)
+class Method:
+    """One arm of the experiment: a preset plus overrides."""
+
+    name: str
+    preset: str
+    overrides: tuple[str, ...]
+    group: str  # "main" | "gamma" | "open" (what the report compares it with)
+    gamma: float | None = None  # for the γ sweep
+
+
+def _slas(name: str, gamma: float, *extra: str, group: str = "gamma") -> Method:
+    return Method(name, "world_slas", (f"advantage.gamma={gamma}", *extra, *TRUST), group, gamma)
+
+
+TWO_REWARDS = ("reward.names=[world_pref,world_clip]", "reward.weights=[1.0,1.0]")
+METHODS: tuple[Method, ...] = (
+    Method("grpo", "world_grpo", tuple(TRUST), "main"),
+    Method("mean_only", "world_mean_only", tuple(TRUST), "main"),
+    Method("global_std", "world_slas", ("advantage.estimator=global_std", *TRUST), "gamma", 0.0),
+    _slas("slas_g0.5", 0.5),
+    _slas("slas_g1", 1.0),
+    _slas("slas_g2", 2.0),
+    _slas("slas_g4", 4.0),
+    _slas("slas_adaptive", 0.5, "trust.adaptive=true", "trust.kl_target=5e-4", group="main"),
+    _slas("slas_g1_post", 1.0, "advantage.normalize=post", group="open"),
+    _slas("slas_g1_noclamp", 1.0, "advantage.clamp=null", group="open"),
+    _slas("slas_g1_2rew_sum", 1.0, *TWO_REWARDS, "reward.aggregate=rewards", group="open"),
+    _slas("slas_g1_2rew_adv", 1.0, *TWO_REWARDS, "reward.aggregate=advantages", group="open"),
+)
+QUICK = ("grpo", "slas_g1")
+
+
+@dataclass(frozen=True)
+class Job:
+    method: Method | None  # None: the base policy's evaluation
+    seed: int
+    run_dir: Path
+
+    @property
+    def label(self) -> str:
+        return f"{self.method.name if self.method else 'base'} seed {self.seed}"
+
+    def command(self, steps: int | None, extra: Sequence[str]) -> list[str]:
+        preset = self.method.preset if self.method else "world_slas"
+        over = list(self.method.overrides) if self.method else ["train.steps=0"]
+        if steps is not None and self.method:
+            over.append(f"train.steps={steps}")
+        over += [*extra, f"run.seed={self.seed}", f"run.output_dir={self.run_dir}",
+                 f"eval.at_start={'true' if self.method is None else 'false'}",
+                 "run.tensorboard=false"]
+        resume = ["--resume"] if (self.run_dir / "checkpoints").is_dir() and any(
+            (self.run_dir / "checkpoints").iterdir()) else []
+        return [sys.executable, "-m", "slas.cli", "train", preset, *resume, *over]
+
+    def finished(self) -> bool:
+        return (self.run_dir / "policy").is_dir()
+
+
+def plan(out: Path, seeds: int, methods: Sequence[Method]) -> list[Job]:
+    """Base evaluations first (cheap), then every seed of one method before the next, so an
+    interrupted experiment has complete methods, the main comparisons first."""
+    jobs = [Job(None, s, out / "base" / f"seed{s}") for s in range(seeds)]
+    jobs += [Job(m, s, out / m.name / f"seed{s}") for m in methods for s in range(seeds)]
+    return jobs
+
+
+def run_jobs(jobs: Sequence[Job], *, jobs_at_once: int, steps: int | None,
+             extra: Sequence[str], log_dir: Path) -> list[str]:
+    """Run the unfinished jobs, ``jobs_at_once`` processes with one thread each."""
+    todo = [j for j in jobs if not j.finished()]
+    print(f"{len(jobs) - len(todo)} of {len(jobs)} runs already finished; {len(todo)} to go",
+          flush=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    log_dir.mkdir(parents=True, exist_ok=True)
+    running: list[tuple[Job, subprocess.Popen, float]] = []
+    failed: list[str] = []
+    while todo or running:
+        while todo and len(running) < jobs_at_once:
+            job = todo.pop(0)
+            log = (log_dir / f"{job.label.replace(' ', '_')}.log").open("a")
+            proc = subprocess.Popen(job.command(steps, extra), stdout=log,
+                                    stderr=subprocess.STDOUT, env=env)
+            running.append((job, proc, time.perf_counter()))
+        time.sleep(1.0)
+        for item in list(running):
+            job, proc, started = item
+            if proc.poll() is None:
+                continue
+            running.remove(item)
+            took = (time.perf_counter() - started) / 60
+            status = "done" if proc.returncode == 0 and job.finished() else "FAILED"
+            if status == "FAILED":
+                failed.append(job.label)
+            print(f"  {status:6s} {job.label} ({took:.1f} min)", flush=True)
+    return failed
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from slas.world.experiment_report import write_results
+
+    p = argparse.ArgumentParser(prog="slas world experiment", description=__doc__)
+    p.add_argument("--out", default="runs/experiment", help="run directory (resumable)")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                   help="runs at once, one thread each (default: CPU count)")
+    p.add_argument("--methods", nargs="+", default=None,
+                   help=f"subset of: {', '.join(m.name for m in METHODS)}")
+    p.add_argument("--steps", type=int, default=None, help="override train.steps (all runs)")
+    p.add_argument("--quick", action="store_true",
+                   help=f"{', '.join(QUICK)}, 2 seeds, 4 steps, small eval: a smoke test")
+    p.add_argument("--results", default="docs/results-world.md", help="Markdown to write")
+    p.add_argument("--report-only", action="store_true",
+                   help="write the results from the runs that finished; run nothing")
+    args = p.parse_args(argv)
+    names = {m.name: m for m in METHODS}
+    chosen = args.methods or (list(QUICK) if args.quick else list(names))
+    unknown = [n for n in chosen if n not in names]
+    if unknown:
+        raise SlasError(f"unknown method(s) {unknown}; valid: {', '.join(names)}")
+    if args.seeds < 1 or args.jobs < 1:
+        raise SlasError("--seeds and --jobs must be >= 1")
+    seeds, steps, extra = args.seeds, args.steps, []
+    if args.quick:
+        seeds, steps = min(seeds, 2), steps or 4
+        extra = ["eval.every=4", "trust.every=2", "sample.batch_size=16",
+                 "sample.micro_batch_size=8", "run.checkpoint_every=2"]
+    out = Path(args.out)
+    jobs = plan(out, seeds, [names[n] for n in chosen])
+    started = time.perf_counter()
+    if args.report_only:
+        jobs = [j for j in jobs if j.finished()]
+    failed = run_jobs(jobs, jobs_at_once=args.jobs, steps=steps, extra=extra,
+                      log_dir=out / "logs")
+    minutes = (time.perf_counter() - started) / 60
+    if args.report_only:
+        failed = []
+    if failed:
+        print(f"{len(failed)} run(s) failed: {', '.join(failed)}; their logs are in "
+              f"{out / 'logs'}; run the same command again to resume", file=sys.stderr)
+        return 1
+    done = [names[n] for n in chosen
+            if all(j.finished() for j in jobs if j.method and j.method.name == n)
+            and any(j.method and j.method.name == n for j in jobs)]
+    path = write_results(out, done, seeds, Path(args.results),
+                         wall_minutes=minutes, jobs=args.jobs)
+    print(f"finished in {minutes:.1f} min; results: {path}")
+    return 0
