@@ -150,6 +150,7 @@ class TrustMonitor:
                     budget = kl_budget(self.cfg.kl_target, p["lam"], value, p["g2"])
                     bound = moment_bound_gamma(p["z"], budget, gamma_max=_SEARCH_MAX)
                     metrics[f"gamma/bound_{name}"] = bound
+                    metrics[f"trust/budget_{name}"] = budget
                     if name == self.cfg.step_size:
                         self.bound = bound
             metrics["gamma/bound"] = self.bound

@@ -1,0 +1,112 @@
+"""`slas world experiment`: the plan, resumability, and the results computed from metrics."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from slas.errors import SlasError
+from slas.world.experiment import METHODS, Job, Method, main, plan
+from slas.world.experiment_report import compare, verdict, write_results
+
+TRUE = "eval/geneval/overall"
+
+
+def test_compare_hand_worked():
+    a, b = np.array([0.5, 0.6, 0.7]), np.array([0.4, 0.4, 0.4])
+    diff, se, wins = compare(a, b)
+    assert diff == pytest.approx(0.2)
+    assert se == pytest.approx(math.sqrt(0.01 / 3))  # var(a) = 0.01, var(b) = 0
+    assert wins == 3
+    assert "**beats**" in verdict("slas", a, "grpo", b)
+    assert "does **not** beat" in verdict("slas", b, "grpo", b)  # a tie is not a win
+    close = np.array([0.41, 0.5, 0.3])  # +0.003 with s.e. 0.058: within noise
+    assert "within two standard errors" in verdict("slas", close, "grpo", b)
+    assert "is **worse** than" in verdict("slas", b - 0.2, "grpo", a)
+
+
+def test_plan_runs_base_first_then_every_seed_of_a_method(tmp_path):
+    methods = [m for m in METHODS if m.name in ("grpo", "slas_g1")]
+    jobs = plan(tmp_path, 2, methods)
+    assert [j.label for j in jobs] == ["base seed 0", "base seed 1", "grpo seed 0",
+                                       "grpo seed 1", "slas_g1 seed 0", "slas_g1 seed 1"]
+    assert len({m.name for m in METHODS}) == len(METHODS)
+
+
+def test_job_command_and_resume(tmp_path):
+    method = Method("m", "world_slas", ("advantage.gamma=1.0",), "gamma", 1.0)
+    job = Job(method, 2, tmp_path / "m" / "seed2")
+    cmd = job.command(7, ["eval.every=4"])
+    assert cmd[3:6] == ["train", "world_slas", "advantage.gamma=1.0"]
+    assert {"train.steps=7", "eval.every=4", "run.seed=2", "eval.at_start=false",
+            f"run.output_dir={job.run_dir}"} <= set(cmd)
+    assert "--resume" not in cmd
+    (job.run_dir / "checkpoints" / "step_000003").mkdir(parents=True)
+    assert "--resume" in job.command(7, [])
+    base = Job(None, 0, tmp_path / "base" / "seed0").command(7, [])
+    assert "train.steps=0" in base and "eval.at_start=true" in base
+    assert "train.steps=7" not in base
+    assert not job.finished()
+    (job.run_dir / "policy").mkdir()
+    assert job.finished()
+
+
+def test_unknown_method_lists_the_valid_ones(tmp_path):
+    with pytest.raises(SlasError, match="valid: grpo, mean_only"):
+        main(["--out", str(tmp_path), "--methods", "nope"])
+
+
+def _fake_run(run_dir, overall, proxy):
+    """A finished run: training rows 1..6, evaluations at 3 and 6 (the last one counts)."""
+    run_dir.mkdir(parents=True)
+    (run_dir / "policy").mkdir()
+    rows = [{"step": s, "reward/world_pref": proxy + 0.01 * s, "trust/kl": 1e-3,
+             "adv/max": 2.0, "policy/clipfrac": 0.1, "fisher/lambda_max": 50.0,
+             "gamma/bound_lr": 4.0, "gamma/bound_effective": 0.0} for s in range(1, 7)]
+    for s, score in ((3, overall - 0.1), (6, overall)):
+        rows.append({"step": s, TRUE: score, "eval/fidelity/artifact_fraction": 0.01,
+                     "eval/reward/world_pref": proxy, **{f"eval/geneval/{t}": score for t in
+                                                         ("single_object", "colors")}})
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_results_are_computed_from_the_metrics(tmp_path):
+    out = tmp_path / "runs"
+    scores = {"base": [0.40, 0.42], "grpo": [0.45, 0.47], "slas_g1": [0.60, 0.64]}
+    for name, values in scores.items():
+        for seed, v in enumerate(values):
+            run = out / name / f"seed{seed}"
+            if name == "base":
+                run.mkdir(parents=True)
+                row = {"step": 0, TRUE: v, "eval/fidelity/artifact_fraction": 0.01,
+                       "eval/reward/world_pref": 0.5}
+                (run / "metrics.jsonl").write_text(json.dumps(row) + "\n")
+            else:
+                _fake_run(run, v, 0.6)
+    methods = [m for m in METHODS if m.name in ("grpo", "slas_g1")]
+    path = write_results(out, methods, 2, tmp_path / "docs" / "res.md", wall_minutes=12.3,
+                         jobs=2)
+    text = path.read_text()
+    assert "| base |" in text and "**0.410 ± 0.014**" in text  # mean, sample std of 0.40/0.42
+    assert "**0.620 ± 0.028**" in text  # slas_g1
+    # 0.62 - 0.46 = 0.16 with s.e. sqrt((0.0008 + 0.0002) / 2) = 0.022: beats
+    assert "`slas_g1` **beats** `grpo` on the true score: +0.160 (standard error 0.022)" in text
+    # training proxy rises 0.01/step: last 2 minus first 2 of 6 steps = +0.04; eval proxy +0.1
+    assert "| grpo | +0.040 | +0.100 | +0.050 | +0.000 | no |" in text
+    assert "η = lr convention 4.00" in text
+    assert (tmp_path / "docs" / "images" / "res-dynamics.png").stat().st_size > 1000
+    assert (tmp_path / "docs" / "images" / "res-gamma.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_quick_experiment_end_to_end_and_resume(tmp_path, capsys):
+    out, results = tmp_path / "runs", tmp_path / "results.md"
+    assert main(["--quick", "--out", str(out), "--results", str(results)]) == 0
+    text = results.read_text()
+    assert "| grpo |" in text and "| slas_g1 |" in text and "`slas_g1`" in text
+    capsys.readouterr()
+    assert main(["--quick", "--out", str(out), "--results", str(results)]) == 0
+    assert "6 of 6 runs already finished" in capsys.readouterr().out
