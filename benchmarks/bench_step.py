@@ -327,14 +327,15 @@ def build_case(case: str, folder: Path, device: torch.device, quick: bool,
     return loader(model, device), "brightness", brightness_reward
 
 
-def make_config(run_dir: Path, s: Settings, world_size: int = 1, **sample: Any) -> Config:
-    """Trainer config of ``s`` on ``world_size`` processes (fp32, one checkpoint kept);
-    ``sample`` overrides SampleConfig fields."""
+def make_config(run_dir: Path, s: Settings, world_size: int = 1, reward: str = "bench",
+                **sample: Any) -> Config:
+    """Trainer config of ``s`` on ``world_size`` processes (fp32, one checkpoint kept) scored by
+    the reward named ``reward``; ``sample`` overrides SampleConfig fields."""
     micro = min(s.micro_batch_size, s.batch_size // world_size)
     return Config(
         sample=SampleConfig(num_steps=s.num_steps, group_size=s.group_size,
                             batch_size=s.batch_size, micro_batch_size=micro, **sample),
-        reward=RewardConfig(names=["bench"], weights=[1.0]),
+        reward=RewardConfig(names=[reward], weights=[1.0]),
         train=TrainConfig(timestep_fraction=s.timestep_fraction),
         eval=EvalConfig(prompts="none"),
         run=RunConfig(output_dir=str(run_dir), tensorboard=False, checkpoint_every=0,
@@ -350,7 +351,7 @@ def run_case(case: str, s: Settings, folder: Path, device: torch.device, quick: 
     rss_start = reset_peak_memory(device)
     backbone, reward, fn = build_case(case, folder, device, quick, resolution)
     run_dir = Path(tempfile.mkdtemp(prefix=f"{case}_", dir=folder))
-    trainer = Trainer(make_config(run_dir, s, **SAMPLE[case]), backbone=backbone,
+    trainer = Trainer(make_config(run_dir, s, reward=reward, **SAMPLE[case]), backbone=backbone,
                       rewards={reward: fn}, prompts=world_prompts("train"))
     result = measure(trainer, s.warmup, s.steps)
     result.update(settings={**asdict(s), "batch_size": s.batch_size}, reward=reward,
@@ -410,7 +411,8 @@ def worker(json_path: Path, quick: bool, steps: int) -> None:
     device = _device()
     with tempfile.TemporaryDirectory() as tmp:
         backbone, reward, fn = build_case("world", Path(tmp), device, quick)
-        trainer = Trainer(make_config(Path(tmp) / "run", s, int(os.environ.get("WORLD_SIZE", 1))),
+        trainer = Trainer(make_config(Path(tmp) / "run", s, int(os.environ.get("WORLD_SIZE", 1)),
+                                      reward=reward),
                           backbone=backbone, rewards={reward: fn}, prompts=world_prompts("train"))
         result = measure(trainer, s.warmup, s.steps)
         if trainer.is_main:
@@ -487,6 +489,9 @@ def render_markdown(r: dict[str, Any]) -> str:
             [row["value"], _f(row["s_per_step"] / rows[0]["s_per_step"]),
              _f(cost / per_image[0]), _f(row["model_compute_fraction"])]
             for row, cost in zip(rows, per_image, strict=True)])
+    from benchmarks.bench_variants import render
+
+    out += render(r.get("variants", []))
     if r.get("profile"):
         p = r["profile"]
         out += ["## Top operators of one world step (torch.profiler, self CPU time)", "",
@@ -523,12 +528,16 @@ def run_all(quick: bool, with_processes: bool, steps: int, scale_steps: int,
             profile_top=profile_top if case == "world" else 0) for case, s in FULL.items()}
         profile = cases["world"].pop("profile", None)
         tables = scaling(QUICK if quick else FULL["world"], folder, device, quick, scale_steps)
+        from benchmarks.bench_variants import variants
+
+        fast = variants(QUICK if quick else FULL["world"], folder, device, quick, scale_steps)
         gpus = torch.cuda.device_count()  # one GPU per process, or CPU processes
         with_processes &= gpus == 0 or gpus >= max(PROCESS_COUNTS)
         threads = torch.get_num_threads()
         tables["processes"] = processes(folder, quick, threads) if with_processes else []
     return {"schema": 1, "quick": quick, "machine": machine(device), "cases": cases,
-            "scaling": tables, "profile": profile, "elapsed_s": time.perf_counter() - start}
+            "scaling": tables, "variants": fast, "profile": profile,
+            "elapsed_s": time.perf_counter() - start}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -68,9 +68,15 @@ def save_checkpoint(run_dir: Path, step: int, state: dict[str, Any], keep_last: 
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint`."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        # mmap: a rank reads the pages it copies, not the whole file (a FLUX checkpoint with
+        # AdamW moments is ~144 GB)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except (OSError, RuntimeError, EOFError) as err:
-        raise SlasError(f"cannot read checkpoint {path}: {err}") from None
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        if "mmap can only be used" in reason:  # torch's wording for a file that is not a zip
+            reason = "not a torch.save zip archive (truncated or not written by slas)"
+        raise SlasError(f"cannot read checkpoint {path}: {reason}; remove it to resume from "
+                        "the previous checkpoint") from None
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
         raise SlasError(f"{path} is not a slas checkpoint of format {FORMAT_VERSION}")
     return state

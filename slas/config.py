@@ -48,6 +48,18 @@ class ModelConfig:
         None, "Image side in pixels (SD/FLUX; DanceGRPO FLUX: 720); None = the model's default."
     )
     guidance: float = _f(3.5, "FLUX distilled-guidance embedding value (FLUX.1-dev has no CFG).")
+    shard: Literal["none", "fsdp"] = _f(
+        "none",
+        "none: every process holds the trained network, gradients are averaged; fsdp: shard it "
+        "over the processes with PyTorch FSDP2 (fp32 master weights and reductions, each block "
+        "gathered for its forward/backward; DanceGRPO FLUX). An accelerate FSDP config also "
+        "selects fsdp.",
+    )
+    reshard_after_forward: bool = _f(
+        True,
+        "fsdp: free each block's gathered weights after its forward and gather them again for "
+        "backward (least memory, ZeRO-3); false keeps them until backward (fewer all-gathers).",
+    )
 
     def __post_init__(self) -> None:
         _check(self.lora_rank >= 1, "model.lora_rank", f"must be >= 1, got {self.lora_rank}")
@@ -89,6 +101,23 @@ class SampleConfig:
     same_initial_noise: bool = _f(
         False, "Give all samples of a group the same initial noise (DanceGRPO init_same_noise)."
     )
+    sde_window: int = _f(
+        0,
+        "MixGRPO sliding window: the SDE (eta) runs on W consecutive steps and only those are "
+        "trained; every other step is the deterministic ODE step. 0 = SDE everywhere "
+        "(train.timestep_selection decides what is trained).",
+    )
+    window_every: int = _f(
+        25, "Sliding window: iterations between moves (MixGRPO iters_per_group: 25)."
+    )
+    window_stride: int = _f(
+        1, "Sliding window: steps moved per move; past the last start it rolls back to step 0."
+    )
+    overlap_reward: bool = _f(
+        False,
+        "Score each finished micro-batch's groups in a background thread while the next "
+        "micro-batch is sampled (hides reward latency, e.g. a remote judge). Same results.",
+    )
 
     def __post_init__(self) -> None:
         _check(self.num_steps >= 1, "sample.num_steps", f"must be >= 1, got {self.num_steps}")
@@ -107,6 +136,14 @@ class SampleConfig:
         _check(self.eta >= 0, "sample.eta", f"must be >= 0, got {self.eta}")
         _check(self.shift > 0, "sample.shift", f"must be > 0, got {self.shift}")
         _check(self.guidance_scale >= 0, "sample.guidance_scale", "must be >= 0")
+        _check(
+            0 <= self.sde_window < self.num_steps,
+            "sample.sde_window",
+            f"must be in [0, num_steps - 1] = [0, {self.num_steps - 1}] (the last step is never "
+            f"trained), got {self.sde_window}",
+        )
+        _check(self.window_every >= 1 and self.window_stride >= 1, "sample.window_every",
+               "sample.window_every and sample.window_stride must be >= 1")
 
 
     def _nearest_batch(self) -> int:
@@ -356,6 +393,12 @@ class Config:
             not self.trust.adaptive or self.trust.gamma_max >= self.advantage.gamma,
             "trust.gamma_max",
             f"must be >= advantage.gamma = {self.advantage.gamma} (the starting value)",
+        )
+        _check(
+            self.model.shard == "none" or self.trust.every == 0,
+            "trust.every",
+            f"is {self.trust.every}, but the trust-region measurements need unsharded "
+            "parameters and model.shard=fsdp shards them; set trust.every=0 (or model.shard=none)",
         )
 
     def validate_for(self, num_processes: int) -> None:

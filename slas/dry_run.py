@@ -2,8 +2,9 @@
 
 Validates the config, checks every path it names, builds the model's components on the meta
 device from their config files only (no weights are read), and prints parameter counts, the
-trainable fraction and a per-GPU memory estimate: weights, gradients and AdamW state, plus the
-activations of one training micro-batch measured by a meta-device forward.
+trainable fraction and a per-GPU memory estimate: weights, gradients and AdamW state (the
+denoiser's divided by the process count with ``model.shard=fsdp``), plus the activations of one
+training micro-batch measured by a meta-device forward.
 """
 
 from __future__ import annotations
@@ -143,9 +144,14 @@ def dry_run(config: Config, num_processes: int = 1) -> DryRunReport:
         comps.append(Component(name, n, trainable))
     frozen_bytes = _BYTES[config.model.dtype]
     n_train = sum(c.trainable for c in comps)
-    weights = sum((c.params - (c.trainable if config.model.finetune == "full" else 0))
-                  * frozen_bytes for c in comps) + 4 * n_train
-    optimizer = 3 * 4 * n_train  # gradient + AdamW exp_avg + exp_avg_sq, fp32
+    per_comp = {c.name: (c.params - (c.trainable if config.model.finetune == "full" else 0))
+                * frozen_bytes for c in comps}
+    per_comp[denoiser] += 4 * n_train  # trainable weights are fp32 master weights
+    # model.shard=fsdp: each process holds 1/num_processes of the denoiser and of its optimizer
+    # state (slas.distributed); the frozen encoders and VAE stay replicated
+    shards = num_processes if config.model.shard == "fsdp" else 1
+    weights = sum(per_comp.values()) - per_comp[denoiser] * (1 - 1 / shards)
+    optimizer = 3 * 4 * n_train / shards  # gradient + AdamW exp_avg + exp_avg_sq, fp32
     act = _denoiser_activations(modules[denoiser], config)
     for c in comps:
         lines.append(f"{c.name:<16} {c.params / 1e6:10.2f} M params"
@@ -157,6 +163,9 @@ def dry_run(config: Config, num_processes: int = 1) -> DryRunReport:
     lines.append(f"per-GPU memory: weights {weights / 2**30:.2f} GiB, grads+AdamW "
                  f"{optimizer / 2**30:.2f} GiB, activations of one micro-batch of "
                  f"{config.sample.micro_batch_size}: {act_text}")
+    if shards > 1:
+        lines.append(f"sharded (model.shard=fsdp): {denoiser} weights and grads+AdamW divided by "
+                     f"{shards} processes, plus the gathered weights of the block being computed")
     return DryRunReport(comps, weights / 2**30, optimizer / 2**30,
                         act / 2**30 if act else None, lines)
 

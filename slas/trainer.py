@@ -2,7 +2,9 @@
 
 The one stateful piece of the library (DESIGN §2). Distributed through accelerate: each process
 rolls out its contiguous slice of the global batch, rewards are gathered, advantages computed on
-the global batch, and gradients averaged across processes before each optimiser step.
+the global batch, and gradients averaged across processes before each optimiser step. With
+``model.shard=fsdp`` the trained network is sharded instead (:mod:`slas.distributed`): FSDP
+averages the gradients and checkpoints hold full tensors.
 """
 
 from __future__ import annotations
@@ -30,13 +32,26 @@ from slas.checkpoint import (
 from slas.config import Config
 from slas.config_io import dump_yaml, to_dict
 from slas.data.prompts import PromptItem, load_prompts, round_prompts
+from slas.distributed import (
+    full_state,
+    full_tensors,
+    full_weights,
+    grad_norm,
+    like_params,
+    load_full_,
+    reshard,
+    shard_backbone,
+    shard_optimizer_state,
+    wants_sharding,
+)
 from slas.errors import SlasError
 from slas.logging import MetricsLogger, PhaseTimer
 from slas.losses import gaussian_kl, ppo_clip_loss
 from slas.rewards import RewardFn, get_reward
 from slas.sampling.rollout import Trajectory, make_times, model_time, rollout, transition
-from slas.sampling.selection import SELECTIONS
+from slas.sampling.selection import SELECTIONS, sde_window
 from slas.sampling.steps import StepOutput
+from slas.scoring import OverlappedScorer, score_rows
 from slas.trust_monitor import TrustMonitor, current_advantage_fn
 
 
@@ -71,6 +86,12 @@ class Trainer:
         self.run_dir = Path(config.run.output_dir)
         self.timer = PhaseTimer()
         self.backbone = backbone or get_backbone(config.model, self.device)
+        # model.shard=fsdp: the trained network sharded over the processes (slas.distributed)
+        self.network = (
+            shard_backbone(self.backbone, self.device,
+                           reshard_after_forward=config.model.reshard_after_forward)
+            if wants_sharding(config, self.accelerator.distributed_type) else None
+        )
         self.params = [p for p in self.backbone.trainable_parameters() if p.requires_grad]
         if not self.params:
             raise SlasError("the backbone has no trainable parameters; check model.finetune")
@@ -127,11 +148,14 @@ class Trainer:
     def step(self) -> dict[str, float]:
         """One iteration: rollout -> score -> advantages -> update. Returns its metrics."""
         batch = self.next_round()
+        scorer = None
+        if self.config.sample.overlap_reward:
+            scorer = OverlappedScorer(functools.partial(self._score_slice, batch), batch.group_ids)
         with self.timer("rollout"):
             cond = self.backbone.encode_prompts([item.prompt for item in batch.items])
-            traj = self.rollout(batch, cond)
+            traj = self.rollout(batch, cond, on_chunk=scorer)
         with self.timer("reward"):
-            rewards = self.score(traj, batch)
+            rewards = scorer.result().to(self.device) if scorer else self.score(traj, batch)
         with self.timer("advantages"):
             advantages, adv_stats = self.compute_advantages(rewards, traj)
         with self.timer("update"):
@@ -148,7 +172,7 @@ class Trainer:
         group_ids = sample_ids // cfg.group_size
         return Round([self.prompts[i] for i in ids], group_ids.clone(), group_ids, sample_ids)
 
-    def rollout(self, batch: Round, cond: Conditioning) -> Trajectory:
+    def rollout(self, batch: Round, cond: Conditioning, on_chunk=None) -> Trajectory:
         """Sample this process's trajectories; ``cond`` holds the round's P prompts."""
         with self._autocast():
             return rollout(
@@ -161,18 +185,27 @@ class Trainer:
                 sample_ids=batch.sample_ids,
                 seed=self.config.run.seed,
                 iteration=self.step_index,
+                sde_steps=self._window(),
+                on_chunk=on_chunk,
             )
 
     def score(self, traj: Trajectory, batch: Round) -> Tensor:
         """Rewards ``[K, n]`` of this process's samples, one row per reward model."""
-        with torch.inference_mode():
-            images = self.backbone.decode(traj.latents[:, -1])
-            prompts = [batch.items[i].prompt for i in traj.prompt_ids.tolist()]
-            # group_id lets pairwise rewards compare the images of one prompt
-            meta = [{**batch.items[i].metadata, "group_id": int(g)}
-                    for i, g in zip(traj.prompt_ids.tolist(), traj.group_ids.tolist(), strict=True)]
-            rows = [self.reward_fns[n](images, prompts, meta).float() for n in self.reward_fns]
-        return torch.stack(rows).to(self.device)
+        rewards = score_rows(self.backbone, self.reward_fns, traj.latents[:, -1], batch.items,
+                             traj.prompt_ids, traj.group_ids)
+        return rewards.to(self.device)
+
+    def _score_slice(self, batch: Round, latents: Tensor, rows: slice) -> Tensor:
+        return score_rows(self.backbone, self.reward_fns, latents, batch.items,
+                          batch.prompt_ids[rows], batch.group_ids[rows])
+
+    def _window(self) -> range | None:
+        """This iteration's MixGRPO SDE window (``None``: every step is stochastic)."""
+        cfg = self.config.sample
+        if not cfg.sde_window:
+            return None
+        return sde_window(self.step_index, cfg.num_steps, cfg.sde_window, cfg.window_every,
+                          cfg.window_stride)
 
     def compute_advantages(self, rewards: Tensor, traj: Trajectory) -> tuple[Tensor, dict]:
         """Gather rewards of every process, compute advantages on the global batch, keep ours."""
@@ -199,9 +232,13 @@ class Trainer:
         cfg = self.config
         n = traj.sample_ids.numel()
         gen = torch.Generator().manual_seed(cfg.run.seed * 7_919 + self.step_index)
-        steps = SELECTIONS[cfg.train.timestep_selection](
-            n, cfg.sample.num_steps, cfg.train.timestep_fraction, gen
-        )  # [n, K]
+        window = self._window()
+        if window is not None:  # MixGRPO: train exactly the window's steps
+            steps = torch.tensor(list(window)).expand(n, len(window)).clone()
+        else:
+            steps = SELECTIONS[cfg.train.timestep_selection](
+                n, cfg.sample.num_steps, cfg.train.timestep_fraction, gen
+            )  # [n, K]
         pairs = torch.stack(
             [torch.arange(n).repeat_interleave(steps.shape[1]), steps.reshape(-1)], 1
         )
@@ -214,7 +251,7 @@ class Trainer:
             for chunk in part:
                 out = self._chunk_loss(traj, advantages, cond, chunk)
                 finite &= bool(torch.isfinite(out.loss))
-                if finite:
+                if finite or self.network is not None:  # FSDP: every rank's backward joins
                     (out.loss * (1.0 / len(part))).backward()
                 for key, value in _loss_metrics(out).items():
                     totals[key] = totals.get(key, 0.0) + value / len(chunks)
@@ -240,11 +277,12 @@ class Trainer:
     def _chunk_loss(self, traj: Trajectory, advantages: Tensor, cond, chunk: Tensor):
         cfg = self.config
         rows, step = chunk[:, 0], chunk[:, 1]
-        new = self._policy_step(traj, cond, rows, step)
-        kl = None
-        if self.reference is not None:
-            with torch.no_grad(), _swapped(self.params, self.reference):
+        kl, ref = None, None
+        if self.reference is not None:  # before `new`: the swap writes the params in place
+            with torch.no_grad(), _swapped(self.params, self.reference, self.network):
                 ref = self._policy_step(traj, cond, rows, step)
+        new = self._policy_step(traj, cond, rows, step)
+        if ref is not None:
             kl = gaussian_kl(new.mean, ref.mean, new.std, cfg.sample.logprob_reduction)
         return ppo_clip_loss(
             new.log_prob,
@@ -258,15 +296,14 @@ class Trainer:
 
     def _optimizer_step(self, finite: bool) -> dict[str, float]:
         """Average gradients over processes; skip the step if anything is non-finite."""
-        if self.world > 1:
+        if self.world > 1 and self.network is None:  # FSDP reduce-scatters in backward
             flat = torch.cat([_grad(p).reshape(-1) for p in self.params])
             flat = self.accelerator.reduce(flat, reduction="mean")
             offset = 0
             for p in self.params:
                 p.grad = flat[offset : offset + p.numel()].view_as(p).clone()
                 offset += p.numel()
-        grads = [_grad(p) for p in self.params]
-        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        norm = grad_norm(self.params)
         if not (finite and torch.isfinite(norm)):
             self.optimizer.zero_grad(set_to_none=True)
             self.skipped_in_row += 1
@@ -402,20 +439,21 @@ class Trainer:
         """World-GenEval, fidelity and proxy rewards on the evaluation prompts (main process;
         EMA weights when enabled); logs ``eval/*`` and saves a sample grid."""
         metrics: dict[str, float] = {}
-        if self.config.eval.prompts == "world" and self.is_main:
+        # sharded: every process runs the (collective) forwards; the main one writes
+        if self.config.eval.prompts == "world" and (self.is_main or self.network is not None):
             from slas.eval.world import evaluate_world
             from slas.images import save_grid
 
-            with self.timer("eval"), _swapped(self.params, self.ema or self.params):
+            with self.timer("eval"), _swapped(self.params, self.ema or self.params,
+                                               self.network):
                 result = evaluate_world(
                     self.backbone, self.config.eval, self.reward_fns, seed=self.config.run.seed
                 )
             metrics = {**result.metrics, **self.timer.pop()}
-            save_grid(
-                result.grid,
-                self.run_dir / "samples" / f"step_{self.step_index:06d}.png",
-                nrow=self.config.eval.samples_per_prompt * 2,
-            )
+            if self.is_main:
+                save_grid(result.grid,
+                          self.run_dir / "samples" / f"step_{self.step_index:06d}.png",
+                          nrow=self.config.eval.samples_per_prompt * 2)
             if self.logger:
                 self.logger.log(self.step_index, metrics)
         self.accelerator.wait_for_everyone()
@@ -424,9 +462,11 @@ class Trainer:
     def save_policy(self) -> Path | None:
         """Write the trained policy (EMA weights when enabled) to ``<run>/policy``."""
         path = None
-        if self.is_main:
-            with _swapped(self.params, self.ema or self.params):
-                path = self.backbone.save_pretrained(self.run_dir / "policy")
+        if self.is_main or self.network is not None:  # sharded: every process gathers
+            with _swapped(self.params, self.ema or self.params, self.network), \
+                    full_weights(self.network, self.is_main):
+                if self.is_main:
+                    path = self.backbone.save_pretrained(self.run_dir / "policy")
         self.accelerator.wait_for_everyone()
         return path
 
@@ -437,15 +477,17 @@ class Trainer:
             torch.distributed.destroy_process_group()
 
     def state(self) -> dict[str, Any]:
+        """Everything the next step depends on. Sharded tensors are gathered to full CPU tensors
+        (a collective: every process calls it; only the main process's copy is complete)."""
         return {
             "step": self.step_index,
             "config": to_dict(self.config),
             "signature": [list(p.shape) for p in self.params],
-            "params": [p.detach().cpu().clone() for p in self.params],
-            "optimizer": self.optimizer.state_dict(),
+            "params": full_tensors(self.params, self.is_main),
+            "optimizer": full_state(self.optimizer.state_dict(), self.is_main),
             "scheduler": self.scheduler.state_dict(),
-            "ema": self.ema,
-            "reference": self.reference,
+            "ema": full_state(self.ema, self.is_main),
+            "reference": full_state(self.reference, self.is_main),
             "rng": rng_state(),
             "skipped_in_row": self.skipped_in_row,
             "skipped_total": self.skipped_total,
@@ -455,10 +497,10 @@ class Trainer:
     def save(self) -> Path | None:
         """Write a checkpoint of the current step (main process); returns its path."""
         path = None
+        # sharded: every process takes part in gathering the full tensors; the main one writes
+        state = self.state() if self.is_main or self.network is not None else None
         if self.is_main:
-            path = save_checkpoint(
-                self.run_dir, self.step_index, self.state(), self.config.run.keep_last
-            )
+            path = save_checkpoint(self.run_dir, self.step_index, state, self.config.run.keep_last)
         self.accelerator.wait_for_everyone()
         return path
 
@@ -470,11 +512,11 @@ class Trainer:
                 f"{len(self.params)}); use a new run.output_dir"
             )
         with torch.no_grad():
-            for p, v in zip(self.params, state["params"], strict=True):
-                p.copy_(v)
-        self.optimizer.load_state_dict(state["optimizer"])
+            load_full_(self.params, state["params"])
+        self.optimizer.load_state_dict(shard_optimizer_state(state["optimizer"], self.optimizer))
         self.scheduler.load_state_dict(state["scheduler"])
-        self.ema, self.reference = state["ema"], state["reference"]
+        self.ema = like_params(state["ema"], self.params)
+        self.reference = like_params(state["reference"], self.params)
         set_rng_state(state["rng"])
         self.step_index = state["step"]
         self.skipped_in_row, self.skipped_total = state["skipped_in_row"], state["skipped_total"]
@@ -550,21 +592,24 @@ def _grad(p: torch.nn.Parameter) -> Tensor:
 
 
 class _swapped:
-    """Temporarily give ``params`` the values ``values`` (the reference policy)."""
+    """Temporarily give ``params`` the values ``values`` (the reference policy). With a sharded
+    ``network``, its gathered weights are freed after each swap so forwards see the new shards."""
 
-    def __init__(self, params: list, values: list) -> None:
-        self.params, self.values = params, values
+    def __init__(self, params: list, values: list, network=None) -> None:
+        self.params, self.values, self.network = params, values, network
 
     def __enter__(self) -> None:
         self.saved = [p.detach().clone() for p in self.params]
         with torch.no_grad():
             for p, v in zip(self.params, self.values, strict=True):
                 p.copy_(v)
+        reshard(self.network)
 
     def __exit__(self, *exc) -> None:
         with torch.no_grad():
             for p, v in zip(self.params, self.saved, strict=True):
                 p.copy_(v)
+        reshard(self.network)
 
 
 def _loss_metrics(out) -> dict[str, float]:

@@ -98,6 +98,16 @@ def _results(processes: list) -> dict:
             "machine": bench.machine(torch.device("cpu"))}
 
 
+def test_variants_table_by_hand():
+    from benchmarks.bench_variants import _row, render
+
+    row = _row("sde_window=3", "all 9 steps", {"s_per_step": 2.0, "model_compute_fraction": 0.9},
+               {"s_per_step": 5.0})
+    assert row["speedup"] == 2.5
+    assert "| sde_window=3 | all 9 steps | x2.50 | 0.90 |" in "\n".join(render([row]))
+    assert render([]) == []
+
+
 def test_markdown_ratios_first():
     text = bench.render_markdown(_results([]))
     # 8 samples in 1 s -> 16 samples in 3 s: s/step x3, s/image 0.375 / 0.125 = x1.5
@@ -134,7 +144,11 @@ def test_quick_run_schema(tmp_path):
                                  "processes"}
     assert [row["value"] for row in r["scaling"]["num_steps"]] == [2, 3]
     assert r["scaling"]["processes"] == [] and len(r["profile"]["top"]) == 3
-    assert md.read_text().startswith("# Performance")
+    assert [v["variant"].split(" ")[0] for v in r["variants"]] == [
+        "timestep_fraction=0.5", "sde_window=1", "overlap_reward"]
+    for v in r["variants"]:
+        assert v["speedup"] == pytest.approx(v["baseline_s_per_step"] / v["s_per_step"])
+    assert md.read_text().startswith("# Performance") and "## Fast variants" in md.read_text()
 
 
 @pytest.mark.slow

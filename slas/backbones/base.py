@@ -3,6 +3,7 @@
 A backbone exposes *capabilities*, not parts (DESIGN §2): prompt encoding (once per batch), one
 model prediction with batched classifier-free guidance, decoding to images, and its trainable
 parameters. Samplers never see the adapter; the rollout passes them the prediction.
+``shard_modules`` names the trained network and its repeated blocks for FSDP sharding.
 """
 
 from __future__ import annotations
@@ -79,6 +80,19 @@ class Backbone(Protocol):
         order (checkpoints store them by position)."""
         ...
 
+    def shard_modules(self) -> list[nn.Module]:
+        """The trained network's repeated blocks, then the network itself (last): the units
+        FSDP shards, innermost first (``slas.distributed.shard_backbone``). Every trainable
+        parameter lies in the last one."""
+        ...
+
     def save_pretrained(self, path: str | Path) -> Path:
         """Write what is needed to load the (trained) policy again; returns the directory."""
         ...
+
+
+def unet_blocks(unet: nn.Module) -> list[nn.Module]:
+    """The repeated blocks of a diffusers ``UNet2DConditionModel``: ``down_blocks``, the
+    ``mid_block`` (when present) and ``up_blocks``, in forward order."""
+    mid = [unet.mid_block] if getattr(unet, "mid_block", None) is not None else []
+    return [*unet.down_blocks, *mid, *unet.up_blocks]

@@ -230,6 +230,12 @@ class FluxBackbone:
         or only the LoRA weights after ``add_lora``)."""
         return [p for p in self.transformer.parameters() if p.requires_grad]
 
+    def shard_modules(self) -> list[nn.Module]:
+        """The double-stream ``transformer_blocks`` and the ``single_transformer_blocks`` (19 +
+        38 in FLUX.1), then the transformer (FSDP units, as DanceGRPO's auto-wrap policy)."""
+        t = self.transformer
+        return [*t.transformer_blocks, *t.single_transformer_blocks, t]
+
     def save_pretrained(self, path: str | Path) -> Path:
         """Write ``<path>/pytorch_lora_weights.safetensors`` (LoRA; loadable with a stock
         ``FluxPipeline.load_lora_weights``) or the diffusers folder ``<path>/transformer``."""

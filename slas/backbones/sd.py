@@ -28,7 +28,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from torch import Tensor, nn
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from slas.backbones.base import Conditioning, PredictionType
+from slas.backbones.base import Conditioning, PredictionType, unet_blocks
 from slas.errors import SlasError
 
 SD_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -226,6 +226,10 @@ class StableDiffusionBackbone:
         """The UNet's parameters that require gradients, in module order: all of them (full
         fine-tune) or only the LoRA weights after ``add_lora``."""
         return [p for p in self.unet.parameters() if p.requires_grad]
+
+    def shard_modules(self) -> list[nn.Module]:
+        """The UNet's down blocks, mid block and up blocks, then the UNet (FSDP units)."""
+        return unet_blocks(self.unet) + [self.unet]
 
     def save_pretrained(self, path: str | Path) -> Path:
         """Write ``<path>/pytorch_lora_weights.safetensors`` (LoRA; loadable with a stock

@@ -31,7 +31,7 @@ from diffusers import UNet2DConditionModel
 from torch import Tensor, nn
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from slas.backbones.base import Conditioning, PredictionType
+from slas.backbones.base import Conditioning, PredictionType, unet_blocks
 from slas.errors import SlasError
 from slas.world.tokenizer import TOKENIZER_FILE, WorldTokenizer
 
@@ -224,6 +224,10 @@ class WorldBackbone:
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The UNet's parameters (the text encoder stays frozen during RL)."""
         return list(self.unet.parameters())
+
+    def shard_modules(self) -> list[nn.Module]:
+        """The UNet's down blocks, mid block and up blocks, then the UNet (FSDP units)."""
+        return unet_blocks(self.unet) + [self.unet]
 
     def num_parameters(self) -> dict[str, int]:
         """Parameter counts ``{"unet", "text_encoder"}``."""

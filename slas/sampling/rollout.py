@@ -8,7 +8,8 @@ the backbone's name.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
@@ -160,6 +161,8 @@ def rollout(
     sample_ids: Tensor,
     seed: int,
     iteration: int,
+    sde_steps: range | None = None,
+    on_chunk: Callable[[int, int, Tensor], None] | None = None,
 ) -> Trajectory:
     """Sample ``N`` trajectories in micro-batches of ``cfg.micro_batch_size`` under inference mode.
 
@@ -172,7 +175,12 @@ def rollout(
         group_ids: ``[N]``; with ``cfg.same_initial_noise`` the group shares its initial noise.
         sample_ids: ``[N]`` global sample indices (seed the noise).
         seed, iteration: the run seed and training iteration.
+        sde_steps: steps that use the SDE (MixGRPO window); the others take the deterministic
+            step (eta = 0, log-prob 0). ``None``: every step is stochastic.
+        on_chunk: called as ``on_chunk(start, end, x_T [end-start, *S])`` after each
+            micro-batch (e.g. to start scoring it while the next one is sampled).
     """
+    ode = dataclasses.replace(cfg, eta=0.0, sde_window=0)
     chunks_lat, chunks_lp = [], []
     n, mb = sample_ids.numel(), cfg.micro_batch_size
     device = times.device
@@ -188,13 +196,19 @@ def rollout(
             for i in range(cfg.num_steps):
                 step = torch.full((x.shape[0],), i, dtype=torch.long, device=device)
                 out = backbone.predict(x, model_time(times, step), c, cfg.guidance_scale)
-                z = sample_noise(backbone.latent_shape, seed, iteration, sample_ids[idx], i, device)
-                res = transition(backbone, cfg, times, step, x, out, noise=z)
+                if sde_steps is None or i in sde_steps:
+                    z = sample_noise(backbone.latent_shape, seed, iteration, sample_ids[idx], i,
+                                     device)
+                    res = transition(backbone, cfg, times, step, x, out, noise=z)
+                else:
+                    res = transition(backbone, ode, times, step, x, out, noise=torch.zeros_like(x))
                 x = res.prev_sample
                 lat.append(x)
                 lps.append(res.log_prob)
             chunks_lat.append(torch.stack(lat, 1))
             chunks_lp.append(torch.stack(lps, 1))
+            if on_chunk is not None:
+                on_chunk(idx.start, idx.stop, x)
     return Trajectory(
         torch.cat(chunks_lat).clone(),
         torch.cat(chunks_lp).clone(),

@@ -36,4 +36,19 @@ def select_steps_flow(num_samples: int, num_steps: int, fraction: float,
     return torch.arange(k).expand(num_samples, k).clone()
 
 
+def sde_window(iteration: int, num_steps: int, size: int, every: int, stride: int) -> range:
+    """MixGRPO's progressive sliding window of ``size`` SDE steps at training ``iteration``.
+
+    The window starts at step 0 (highest noise), moves ``stride`` steps every ``every``
+    iterations, and rolls back to 0 once it would pass the last trainable start
+    ``T - 1 - size`` (the last transition is never trained, as in DanceGRPO). MixGRPO
+    (arXiv 2507.21802, "progressive" strategy with roll-back; 4 of 25 steps, 25 iterations).
+    """
+    starts = num_steps - size  # number of valid starts 0 .. T-1-size
+    if not 1 <= size < num_steps:
+        raise SlasError(f"sample.sde_window={size} must be in [1, num_steps-1={num_steps - 1}]")
+    start = ((iteration // every) * stride) % starts
+    return range(start, start + size)
+
+
 SELECTIONS = {"dance": select_steps_dance, "flow": select_steps_flow}

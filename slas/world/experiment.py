@@ -30,8 +30,9 @@ class Method:
     name: str
     preset: str
     overrides: tuple[str, ...]
-    group: str  # "main" | "gamma" | "open" (what the report compares it with)
+    group: str  # "main" | "gamma" | "open" | "fast" (what the report compares it with)
     gamma: float | None = None  # for the γ sweep
+    max_seeds: int | None = None  # fast variants: a short check on the first seed(s) only
 
 
 def _slas(name: str, gamma: float, *extra: str, group: str = "gamma") -> Method:
@@ -52,6 +53,11 @@ METHODS: tuple[Method, ...] = (
     _slas("slas_g1_noclamp", 1.0, "advantage.clamp=null", group="open"),
     _slas("slas_g1_2rew_sum", 1.0, *TWO_REWARDS, "reward.aggregate=rewards", group="open"),
     _slas("slas_g1_2rew_adv", 1.0, *TWO_REWARDS, "reward.aggregate=advantages", group="open"),
+    # fast variants against slas_g0.5 (the preset trains a random 2 of the 5 trainable steps)
+    Method("fast_all_steps", "world_slas", ("train.timestep_fraction=1.0", *TRUST), "fast",
+           0.5, max_seeds=1),
+    Method("fast_sde_window", "world_slas", ("sample.sde_window=2", "sample.window_every=15",
+                                             *TRUST), "fast", 0.5, max_seeds=1),
 )
 QUICK = ("grpo", "slas_g1")
 
@@ -86,7 +92,8 @@ def plan(out: Path, seeds: int, methods: Sequence[Method]) -> list[Job]:
     """Base evaluations first (cheap), then every seed of one method before the next, so an
     interrupted experiment has complete methods, the main comparisons first."""
     jobs = [Job(None, s, out / "base" / f"seed{s}") for s in range(seeds)]
-    jobs += [Job(m, s, out / m.name / f"seed{s}") for m in methods for s in range(seeds)]
+    jobs += [Job(m, s, out / m.name / f"seed{s}") for m in methods
+             for s in range(min(seeds, m.max_seeds or seeds))]
     return jobs
 
 

@@ -34,7 +34,8 @@ def collect(out: Path, methods: Sequence[Method], seeds: int) -> dict[str, list[
     """name -> per seed, the run's metric rows (``base`` included)."""
     data = {"base": [read_metrics(out / "base" / f"seed{s}") for s in range(seeds)]}
     for m in methods:
-        data[m.name] = [read_metrics(out / m.name / f"seed{s}") for s in range(seeds)]
+        data[m.name] = [read_metrics(out / m.name / f"seed{s}")
+                        for s in range(min(seeds, m.max_seeds or seeds))]
     return data
 
 
@@ -133,7 +134,8 @@ def write_results(out: Path, methods: Sequence[Method], seeds: int, path: Path, 
                   wall_minutes: float, jobs: int) -> Path:
     """Write ``path`` (Markdown) and its plots next to it in ``images/``; returns ``path``."""
     data = collect(out, methods, seeds)
-    names = [m.name for m in methods]
+    fast = [m.name for m in methods if m.group == "fast"]
+    names = [m.name for m in methods if m.group != "fast"]
     images = path.parent / "images"
     images.mkdir(parents=True, exist_ok=True)
     stem = path.stem
@@ -194,6 +196,7 @@ def write_results(out: Path, methods: Sequence[Method], seeds: int, path: Path, 
                        "hacking"], rows), ""]
     lines += _gamma_section(data, methods, images, stem)
     lines += _open_section(data, names)
+    lines += _fast_section(data, fast)
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -252,3 +255,25 @@ def _open_section(data: dict, names: Sequence[str]) -> list[str]:
         return []
     return ["## What the paper leaves open, as measured here", "",
             *_table(["question", "A", "B", "A − B (± s.e.)"], rows), ""]
+
+
+def _fast_section(data: dict, fast: Sequence[str], reference: str = "slas_g0.5") -> list[str]:
+    """Fast variants on seed 0 against the same seed of ``reference`` (same γ, same noise)."""
+    if not fast or reference not in data:
+        return []
+    names = [reference, *fast]
+    rows = []
+    for name in names:
+        run = data[name][:1]
+        flat = run[0]
+        step_s = _mean_over(flat, "time/rollout") + _mean_over(flat, "time/update")
+        rows.append([name, f"{_values(run, TRUE)[0]:.3f}", f"{_values(run, ART)[0]:.3f}",
+                     f"{_mean_over(flat, 'time/update'):.2f}", f"{step_s:.2f}"])
+    return ["## Fast variants: effect on the true score (seed 0, one run each)", "",
+            f"Same seed and γ = 0.5 as `{reference}`, which trains a random 2 of the 5 trainable "
+            "steps (train.timestep_fraction=0.5); `fast_all_steps` trains all 5, "
+            "`fast_sde_window` runs the SDE on a 2-step window that moves every 15 iterations "
+            "(ODE elsewhere) and trains the window. Times are seconds per step inside this "
+            "run (runs shared the cores, so compare speed in docs/performance.md).", "",
+            *_table(["run", "true score", "artifacts", "update s/step", "rollout+update s/step"],
+                    rows), ""]

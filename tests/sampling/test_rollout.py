@@ -59,3 +59,32 @@ def test_flow_times_follow_schedule():
     times = make_times(backbone, SampleConfig(num_steps=4, schedule="shift", shift=3.0))
     # sigma = 3t / (1 + 2t) at t = 1, .75, .5, .25, 0
     assert torch.allclose(times, torch.tensor([1.0, 0.9, 0.75, 0.5, 0.0]), atol=1e-6)
+
+
+def run_with(micro: int = 4, n: int = 4, num_steps: int = 4, eta: float = 0.3, **kwargs):
+    backbone = tiny_world_backbone()
+    cfg = SampleConfig(num_steps=num_steps, group_size=2, batch_size=n, micro_batch_size=micro,
+                       eta=eta)
+    cond = backbone.encode_prompts(["a photo of a red circle", "a photo of two squares"])
+    ids = torch.arange(n)
+    return rollout(backbone, cond, cfg, times=make_times(backbone, cfg), prompt_ids=ids // 2,
+                   group_ids=ids // 2, sample_ids=ids, seed=3, iteration=0, **kwargs)
+
+
+def test_sde_window_is_ode_outside_and_sde_inside():
+    ode = run_with(eta=0.0)
+    mixed = run_with(sde_steps=range(1, 3))
+    full = run_with()
+    # step 0 is deterministic: the same as the ODE rollout from the same initial noise
+    assert torch.equal(mixed.latents[:, :2], ode.latents[:, :2])
+    assert not torch.equal(mixed.latents[:, 2], ode.latents[:, 2])
+    # steps 1-2 are the SDE with the same noise keys as a full-SDE rollout
+    assert (mixed.log_probs[:, [0, 3]] == 0).all() and (mixed.log_probs[:, 1:3] != 0).all()
+    assert (full.log_probs != 0).all()
+
+
+def test_on_chunk_sees_every_micro_batch_in_order():
+    seen = []
+    t = run_with(micro=1, on_chunk=lambda a, b, x: seen.append((a, b, x.clone())))
+    assert [(a, b) for a, b, _ in seen] == [(0, 1), (1, 2), (2, 3), (3, 4)]
+    assert torch.equal(torch.cat([x for *_, x in seen]), t.latents[:, -1])

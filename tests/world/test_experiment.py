@@ -65,7 +65,8 @@ def _fake_run(run_dir, overall, proxy):
     (run_dir / "policy").mkdir()
     rows = [{"step": s, "reward/world_pref": proxy + 0.01 * s, "trust/kl": 1e-3,
              "adv/max": 2.0, "policy/clipfrac": 0.1, "fisher/lambda_max": 50.0,
-             "gamma/bound_lr": 4.0, "gamma/bound_effective": 0.0} for s in range(1, 7)]
+             "gamma/bound_lr": 4.0, "gamma/bound_effective": 0.0, "time/rollout": 1.0,
+             "time/update": 0.5} for s in range(1, 7)]
     for s, score in ((3, overall - 0.1), (6, overall)):
         rows.append({"step": s, TRUE: score, "eval/fidelity/artifact_fraction": 0.01,
                      "eval/reward/world_pref": proxy, **{f"eval/geneval/{t}": score for t in
@@ -75,7 +76,8 @@ def _fake_run(run_dir, overall, proxy):
 
 def test_results_are_computed_from_the_metrics(tmp_path):
     out = tmp_path / "runs"
-    scores = {"base": [0.40, 0.42], "grpo": [0.45, 0.47], "slas_g1": [0.60, 0.64]}
+    scores = {"base": [0.40, 0.42], "grpo": [0.45, 0.47], "slas_g1": [0.60, 0.64],
+              "slas_g0.5": [0.5, 0.5], "fast_all_steps": [0.55]}
     for name, values in scores.items():
         for seed, v in enumerate(values):
             run = out / name / f"seed{seed}"
@@ -86,7 +88,7 @@ def test_results_are_computed_from_the_metrics(tmp_path):
                 (run / "metrics.jsonl").write_text(json.dumps(row) + "\n")
             else:
                 _fake_run(run, v, 0.6)
-    methods = [m for m in METHODS if m.name in ("grpo", "slas_g1")]
+    methods = [m for m in METHODS if m.name in ("grpo", "slas_g1", "slas_g0.5", "fast_all_steps")]
     path = write_results(out, methods, 2, tmp_path / "docs" / "res.md", wall_minutes=12.3,
                          jobs=2)
     text = path.read_text()
@@ -97,6 +99,10 @@ def test_results_are_computed_from_the_metrics(tmp_path):
     # training proxy rises 0.01/step: last 2 minus first 2 of 6 steps = +0.04; eval proxy +0.1
     assert "| grpo | +0.040 | +0.100 | +0.050 | +0.000 | no |" in text
     assert "η = lr convention 4.00" in text
+    # fast variants: seed 0 only, outside Table 1
+    assert "| fast_all_steps | 0.550 | 0.010 | 0.50 | 1.50 |" in text
+    assert "| slas_g0.5 | 0.500 | 0.010 | 0.50 | 1.50 |" in text
+    assert "| fast_all_steps |" not in text.split("## Does SLAS")[0]
     assert (tmp_path / "docs" / "images" / "res-dynamics.png").stat().st_size > 1000
     assert (tmp_path / "docs" / "images" / "res-gamma.png").stat().st_size > 1000
 
