@@ -10,7 +10,6 @@ averages the gradients and checkpoints hold full tensors.
 from __future__ import annotations
 
 import functools
-import math
 import signal
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -20,7 +19,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from slas.advantages import combine, finite_group_mask, get_advantage_fn
+from slas.advantages import combine, get_advantage_fn
 from slas.backbones import Backbone, Conditioning, get_backbone
 from slas.checkpoint import (
     latest_checkpoint,
@@ -47,6 +46,7 @@ from slas.distributed import (
 from slas.errors import SlasError
 from slas.logging import MetricsLogger, PhaseTimer
 from slas.losses import gaussian_kl, ppo_clip_loss
+from slas.metrics import advantage_metrics, loss_metrics, lr_factor
 from slas.rewards import RewardFn, get_reward
 from slas.sampling.rollout import Trajectory, make_times, model_time, rollout, transition
 from slas.sampling.selection import SELECTIONS, sde_window
@@ -120,7 +120,9 @@ class Trainer:
             weight_decay=config.train.weight_decay,
             eps=config.train.adam_eps,
         )
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, functools.partial(lr_factor, config.train)
+        )
         self.ema = [p.detach().clone() for p in self.params] if config.train.ema_decay else None
         self.reference = (
             [p.detach().clone() for p in self.params] if config.train.kl_beta > 0 else None
@@ -225,7 +227,9 @@ class Trainer:
         self.last_advantages = adv
         n_local = traj.group_ids.numel()
         mine = adv[self.rank * n_local : (self.rank + 1) * n_local].to(self.device)
-        return mine, self._advantage_metrics(all_rewards, all_groups, adv)
+        return mine, advantage_metrics(
+            all_rewards, all_groups, adv, list(self.reward_fns), cfg.reward.weights
+        )
 
     def update(self, traj: Trajectory, advantages: Tensor, cond: Conditioning) -> dict[str, float]:
         """PPO-clip over the selected steps, accumulated over equal micro-batches."""
@@ -253,7 +257,7 @@ class Trainer:
                 finite &= bool(torch.isfinite(out.loss))
                 if finite or self.network is not None:  # FSDP: every rank's backward joins
                     (out.loss * (1.0 / len(part))).backward()
-                for key, value in _loss_metrics(out).items():
+                for key, value in loss_metrics(out).items():
                     totals[key] = totals.get(key, 0.0) + value / len(chunks)
             totals.update(self._optimizer_step(finite))
         totals.update(self.trust.after_update(totals.get("train/grad_norm", 0.0)))
@@ -325,42 +329,6 @@ class Trainer:
             "train/lr": self.scheduler.get_last_lr()[0],
             "train/skipped_updates": float(self.skipped_total),
         }
-
-    def _lr_factor(self, opt_step: int) -> float:
-        cfg = self.config.train
-        warm = min(1.0, (opt_step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
-        if cfg.lr_schedule == "constant":
-            return 1.0
-        if cfg.lr_schedule == "constant_with_warmup":
-            return warm
-        total = max(1, cfg.steps * cfg.optimizer_steps_per_iteration)
-        return warm * 0.5 * (1 + math.cos(math.pi * min(opt_step, total) / total))
-
-    def _advantage_metrics(self, rewards: Tensor, groups: Tensor, adv: Tensor) -> dict[str, float]:
-        metrics: dict[str, float] = {}
-        total = torch.zeros(rewards.shape[1], dtype=torch.float64)
-        for k, name in enumerate(self.reward_fns):
-            r = rewards[k].double()
-            ok = torch.isfinite(r)
-            metrics[f"reward/{name}"] = float(r[ok].mean()) if ok.any() else math.nan
-            total += self.config.reward.weights[k] * torch.nan_to_num(r)
-        finite = finite_group_mask(rewards.sum(0), groups)
-        metrics["reward/mean"] = float(total[finite].mean()) if finite.any() else math.nan
-        metrics["reward/nonfinite_groups"] = float(groups[~finite].unique().numel())
-        g_std = [total[groups == g].std() for g in groups[finite].unique()]
-        metrics["reward/group_std"] = float(torch.stack(g_std).mean()) if g_std else 0.0
-        metrics["reward/batch_std"] = float(total[finite].std()) if finite.sum() > 1 else 0.0
-        metrics.update(
-            {
-                "adv/mean": float(adv.mean()),
-                "adv/std": float(adv.std()),
-                "adv/abs_mean": float(adv.abs().mean()),
-                "adv/max": float(adv.max()),
-                "adv/min": float(adv.min()),
-                "adv/frac_zero": float((adv == 0).double().mean()),
-            }
-        )
-        return metrics
 
     def _profiled(self):
         """With ``run.profile``, trace steps 1-3 (after a warm-up step) to
@@ -610,16 +578,3 @@ class _swapped:
             for p, v in zip(self.params, self.saved, strict=True):
                 p.copy_(v)
         reshard(self.network)
-
-
-def _loss_metrics(out) -> dict[str, float]:
-    out = type(out)(*(v.detach() for v in out))
-    return {
-        "loss/total": float(out.loss),
-        "loss/policy": float(out.policy_loss),
-        "loss/kl": float(out.kl),
-        "policy/approx_kl": float(out.approx_kl),
-        "policy/clipfrac": float(out.clipfrac),
-        "policy/ratio_mean": float(out.ratio_mean),
-        "policy/ratio_max_dev": float(max(out.ratio_max - 1, 1 - out.ratio_min)),
-    }
