@@ -470,7 +470,14 @@ def render_markdown(r: dict[str, Any]) -> str:
         [n, *(_f(c["phase_fraction"][p]) for p in cols), _f(c["model_compute_fraction"])]
         for n, c in cases.items()])
     out += ["Model compute = time inside `Backbone.predict` and `Tensor.backward` over the wall "
-            "time of the step.", "", "## Inside the step (fractions)", ""]
+            "time of the step.", ""]
+    for name, c in cases.items():
+        rest = sorted(((v, k) for k, v in c["parts_fraction"].items() if k not in MODEL_PARTS),
+                      reverse=True)
+        out.append(f"- {name}: model compute {_f(c['model_compute_fraction'])}; the remaining "
+                   f"{_f(1 - c['model_compute_fraction'])} is "
+                   + ", ".join(f"{k} {_f(v)}" for v, k in rest[:4]) + ".")
+    out += ["", "## Inside the step (fractions)", ""]
     parts = (*MODEL_PARTS, *OTHER_PARTS, "other")
     out += _table(["case", *parts], [[n, *(_f(c["parts_fraction"][p]) for p in parts)]
                                      for n, c in cases.items()])

@@ -104,7 +104,8 @@ def test_variants_table_by_hand():
     row = _row("sde_window=3", "all 9 steps", {"s_per_step": 2.0, "model_compute_fraction": 0.9},
                {"s_per_step": 5.0})
     assert row["speedup"] == 2.5
-    assert "| sde_window=3 | all 9 steps | x2.50 | 0.90 |" in "\n".join(render([row]))
+    text = "\n".join(render([row]))
+    assert "| sde_window=3 | all 9 steps | x2.50 | 2.000 (5.000) | 0.90 |" in text
     assert render([]) == []
 
 
