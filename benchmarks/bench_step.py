@@ -423,23 +423,6 @@ def worker(json_path: Path, quick: bool, steps: int) -> None:
 # ---------------------------------------------------------------- report
 
 
-TITLES = {"group_size": "World: group size G (2 prompts, so the batch grows with G)",
-          "num_steps": "World: sampling steps T", "timestep_fraction":
-          "World: trained-step fraction (floor((T-1) frac) steps per sample)",
-          "latent_size": "Tiny SD: latent side (VAE factor 2)",
-          "processes": "World: processes (torchrun, same global batch and micro-batch; "
-                       "the torch threads split between processes)"}
-
-
-def _f(value: float) -> str:
-    return f"{value:.3f}"
-
-
-def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-            *("| " + " | ".join(str(v) for v in row) + " |" for row in rows), ""]
-
-
 def machine(device: torch.device) -> dict[str, Any]:
     """Where the numbers were taken: CPU model and cores, torch threads and version, device."""
     cpu = platform.processor() or "unknown"
@@ -454,73 +437,6 @@ def machine(device: torch.device) -> dict[str, Any]:
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "python": platform.python_version(), "platform": platform.platform(),
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
-
-
-def render_markdown(r: dict[str, Any]) -> str:
-    """The Markdown summary of a results dict (ratios first, then raw times and the machine)."""
-    cases, tables, m = r["cases"], r["scaling"], r["machine"]
-    cmd = "python -m benchmarks.bench_step" + (" --quick" if r["quick"] else "")
-    out = ["# Performance: where the time of a training step goes", "",
-           f"Measured by `{cmd}` ({r['elapsed_s']:.0f} s in all). One timed step is "
-           "`trainer.step()` then `trainer.save()` (a checkpoint every step: the worst case). "
-           "Fractions and ratios come from this one run; the absolute times at the end describe "
-           "only its machine.", "", "## Fractions of a step", ""]
-    cols = (*PHASES, "other")
-    out += _table(["case", *cols, "model compute"], [
-        [n, *(_f(c["phase_fraction"][p]) for p in cols), _f(c["model_compute_fraction"])]
-        for n, c in cases.items()])
-    out += ["Model compute = time inside `Backbone.predict` and `Tensor.backward` over the wall "
-            "time of the step.", ""]
-    for name, c in cases.items():
-        rest = sorted(((v, k) for k, v in c["parts_fraction"].items() if k not in MODEL_PARTS),
-                      reverse=True)
-        out.append(f"- {name}: model compute {_f(c['model_compute_fraction'])}; the remaining "
-                   f"{_f(1 - c['model_compute_fraction'])} is "
-                   + ", ".join(f"{k} {_f(v)}" for v, k in rest[:4]) + ".")
-    out += ["", "## Inside the step (fractions)", ""]
-    parts = (*MODEL_PARTS, *OTHER_PARTS, "other")
-    out += _table(["case", *parts], [[n, *(_f(c["parts_fraction"][p]) for p in parts)]
-                                     for n, c in cases.items()])
-    out += ["Slowest non-model part of each case, and what would speed it up:", ""]
-    out += [f"- {n}: `{c['slowest_non_model']['part']}`, {_f(c['slowest_non_model']['fraction'])}"
-            f" of the step: {c['slowest_non_model']['advice']}." for n, c in cases.items()]
-    out += ["", "## Scaling (ratios to the first row)", ""]
-    for knob, rows in tables.items():
-        out += [f"### {TITLES[knob]}", ""]
-        if not rows:
-            out += ["Not measured in this run (`--no-processes`, or fewer GPUs than processes).",
-                    ""]
-            continue
-        per_image = [row["s_per_step"] / row["samples_per_step"] for row in rows]
-        out += _table([knob, "s/step ratio", "s/image ratio", "model compute"], [
-            [row["value"], _f(row["s_per_step"] / rows[0]["s_per_step"]),
-             _f(cost / per_image[0]), _f(row["model_compute_fraction"])]
-            for row, cost in zip(rows, per_image, strict=True)])
-    from benchmarks.bench_variants import render
-
-    out += render(r.get("variants", []))
-    if r.get("profile"):
-        p = r["profile"]
-        out += ["## Top operators of one world step (torch.profiler, self CPU time)", "",
-                f"Profiled step: {p['wall_s']:.3f} s with the profiler's overhead.", ""]
-        out += _table(["operator", "calls", "self CPU s", "share"], [
-            [f"`{e['name']}`", e["count"], f"{e['self_cpu_s']:.4f}", _f(e["fraction"])]
-            for e in p["top"]])
-    out += ["## Raw times (this machine, this run)", "",
-            f"- CPU: {m['cpu']}; {m['cpu_count']} cores, {m['usable_cores']} usable; "
-            f"torch threads {m['torch_threads']}", f"- torch {m['torch']}, Python {m['python']}, "
-            f"device {m['device']}, {m['platform']}",
-            "- Memory: the RSS peak is reset at the start of each case on Linux (clear_refs); "
-            "RSS at the start includes what earlier cases still hold.", ""]
-    out += _table(["case", "samples/step", "s/step", "images/s", "RSS MiB at start",
-                   "peak RSS MiB (ru_maxrss)", "CUDA max allocated MiB"], [
-        [n, c["samples_per_step"], f"{c['s_per_step']:.3f}", f"{c['images_per_s']:.2f}",
-         *(f"{c['memory'][k]:.0f}" if c["memory"][k] is not None else "-" for k in MEMORY)]
-        for n, c in cases.items()])
-    out += _table(["table", "value", "samples/step", "s/step", "images/s"], [
-        [knob, row["value"], row["samples_per_step"], f"{row['s_per_step']:.3f}",
-         f"{row['images_per_s']:.2f}"] for knob, rows in tables.items() for row in rows])
-    return "\n".join(out)
 
 
 def run_all(quick: bool, with_processes: bool, steps: int, scale_steps: int,
@@ -572,6 +488,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from benchmarks import bench_report
+
     args = parse_args(argv)
     steps = args.steps if args.steps is not None else (1 if args.quick else 3)
     scale_steps = args.scale_steps if args.scale_steps is not None else (1 if args.quick else 2)
@@ -588,7 +506,7 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         torch.set_num_threads(previous)
     for path, text in ((args.json, json.dumps(results, indent=1) + "\n"),
-                       (args.out, render_markdown(results) + "\n")):
+                       (args.out, bench_report.render_markdown(results) + "\n")):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
     print(f"bench_step: {results['elapsed_s']:.1f} s in all; wrote {args.out} and {args.json}")

@@ -12,6 +12,7 @@ import torch
 
 import slas.sampling.rollout as rollout_module
 import slas.trainer as trainer_module
+from benchmarks import bench_report
 from benchmarks import bench_step as bench
 
 
@@ -110,7 +111,7 @@ def test_variants_table_by_hand():
 
 
 def test_markdown_ratios_first():
-    text = bench.render_markdown(_results([]))
+    text = bench_report.render_markdown(_results([]))
     # 8 samples in 1 s -> 16 samples in 3 s: s/step x3, s/image 0.375 / 0.125 = x1.5
     assert "| 8 | 3.000 | 1.500 | 0.500 |" in text
     # the case: rollout 0.5, reward 0, advantages 0, update 0.4, checkpoint 0, other 0.1
