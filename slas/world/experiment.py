@@ -10,6 +10,7 @@ writes the Markdown results and plots.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -170,6 +171,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     failed = run_jobs(jobs, jobs_at_once=args.jobs, steps=steps, extra=extra,
                       log_dir=out / "logs")
     minutes = (time.perf_counter() - started) / 60
+    if not args.report_only:
+        with (out / "invocations.jsonl").open("a") as log:  # resumed experiments add up
+            log.write(json.dumps({"minutes": minutes, "jobs": args.jobs, "runs": len(jobs)})
+                      + "\n")
     if args.report_only:
         failed = []
     if failed:
@@ -179,7 +184,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     done = [names[n] for n in chosen
             if all(j.finished() for j in jobs if j.method and j.method.name == n)
             and any(j.method and j.method.name == n for j in jobs)]
-    path = write_results(out, done, seeds, Path(args.results),
-                         wall_minutes=minutes, jobs=args.jobs)
+    path = write_results(out, done, seeds, Path(args.results), jobs=args.jobs)
     print(f"finished in {minutes:.1f} min; results: {path}")
     return 0

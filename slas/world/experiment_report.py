@@ -7,6 +7,7 @@ by hand. Means ± std are over seeds (sample std, n−1).
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +22,17 @@ TAGS = ("single_object", "two_object", "counting", "colors", "position", "color_
 TRUE, ART = "eval/geneval/overall", "eval/fidelity/artifact_fraction"
 PROXY = "eval/reward/world_pref"
 MAIN_COMPARE = ("grpo", "mean_only")
+
+
+def _wall(out: Path) -> str:
+    """Total wall time of every invocation that ran something (``<out>/invocations.jsonl``)."""
+    path = out / "invocations.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    if not rows:
+        return "wall time not recorded"
+    total = sum(r["minutes"] for r in rows)
+    return (f"{total:.0f} min wall on this machine over {len(rows)} invocation"
+            f"{'s' if len(rows) > 1 else ''}")
 
 
 def _final_eval(rows: list[dict]) -> dict[str, float]:
@@ -93,14 +105,17 @@ def _plot_dynamics(data: dict, names: Sequence[str], path: Path) -> None:
     fig = Figure(figsize=(13, 3.4))
     fig.subplots_adjust(left=0.05, right=0.99, bottom=0.15, top=0.88, wspace=0.25)
     axes = fig.subplots(1, 3)
-    panels = (("reward/world_pref", "proxy reward (training prompts)"),
+    panels = (("reward/world_pref", "proxy reward, training prompts (10-step mean)"),
               (TRUE, "true score: world-GenEval (held-out prompts)"),
               (ART, "artifact fraction (held-out)"))
     base = data["base"]
     for ax, (key, title) in zip(axes, panels, strict=True):
         for i, name in enumerate(names):
             x, y = _curve(data[name], key)
-            if key != "reward/world_pref" and _curve(base, key)[1]:
+            if key == "reward/world_pref":  # each step draws other prompts: smooth
+                y = list(np.convolve(y, np.ones(10) / 10, mode="valid"))
+                x = x[len(x) - len(y):]
+            elif _curve(base, key)[1]:
                 x, y = [0, *x], [_curve(base, key)[1][0], *y]
             ax.plot(x, y, marker="o", markersize=3, label=name, color=f"C{i % 10}")
         ax.set(title=title, xlabel="step")
@@ -131,7 +146,7 @@ def _plot_gamma(points: list[tuple[float, np.ndarray]], bounds: dict[str, float]
 
 
 def write_results(out: Path, methods: Sequence[Method], seeds: int, path: Path, *,
-                  wall_minutes: float, jobs: int) -> Path:
+                  jobs: int) -> Path:
     """Write ``path`` (Markdown) and its plots next to it in ``images/``; returns ``path``."""
     data = collect(out, methods, seeds)
     fast = [m.name for m in methods if m.group == "fast"]
@@ -143,8 +158,7 @@ def write_results(out: Path, methods: Sequence[Method], seeds: int, path: Path, 
     steps = max(r["step"] for r in cfg_rows)
     lines = [f"# World experiment: {len(names)} methods x {seeds} seeds", "",
              f"Reproduce: `slas world experiment --seeds {seeds} --jobs {jobs}` "
-             f"(this run: {wall_minutes:.0f} min wall on this machine, {jobs} runs at once, one "
-             f"thread each; resumed runs count only the last invocation).",
+             f"({_wall(out)}, {jobs} runs at once, one thread each).",
              f"Every method trains {steps} steps from the same base policy with the `world` "
              "preset (proxy reward `world_pref`, G=8, 32 samples per step); only the advantage "
              "options differ (see `slas/world/experiment.py`). The true score is world-GenEval "

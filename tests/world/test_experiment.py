@@ -89,9 +89,11 @@ def test_results_are_computed_from_the_metrics(tmp_path):
             else:
                 _fake_run(run, v, 0.6)
     methods = [m for m in METHODS if m.name in ("grpo", "slas_g1", "slas_g0.5", "fast_all_steps")]
-    path = write_results(out, methods, 2, tmp_path / "docs" / "res.md", wall_minutes=12.3,
-                         jobs=2)
+    (out / "invocations.jsonl").write_text('{"minutes": 10.2, "jobs": 2, "runs": 8}\n'
+                                           '{"minutes": 2.1, "jobs": 2, "runs": 8}\n')
+    path = write_results(out, methods, 2, tmp_path / "docs" / "res.md", jobs=2)
     text = path.read_text()
+    assert "(12 min wall on this machine over 2 invocations, 2 runs at once" in text
     assert "| base |" in text and "**0.410 ± 0.014**" in text  # mean, sample std of 0.40/0.42
     assert "**0.620 ± 0.028**" in text  # slas_g1
     # 0.62 - 0.46 = 0.16 with s.e. sqrt((0.0008 + 0.0002) / 2) = 0.022: beats
@@ -116,3 +118,4 @@ def test_quick_experiment_end_to_end_and_resume(tmp_path, capsys):
     capsys.readouterr()
     assert main(["--quick", "--out", str(out), "--results", str(results)]) == 0
     assert "6 of 6 runs already finished" in capsys.readouterr().out
+    assert len((out / "invocations.jsonl").read_text().splitlines()) == 2
