@@ -66,7 +66,8 @@ def _fake_run(run_dir, overall, proxy):
     rows = [{"step": s, "reward/world_pref": proxy + 0.01 * s, "trust/kl": 1e-3,
              "adv/max": 2.0, "policy/clipfrac": 0.1, "fisher/lambda_max": 50.0,
              "gamma/bound_lr": 4.0, "gamma/bound_effective": 0.0, "time/rollout": 1.0,
-             "time/update": 0.5} for s in range(1, 7)]
+             "time/update": 0.5, "reward/group_std": 0.1, "reward/batch_std": 0.4}
+            for s in range(1, 7)]
     for s, score in ((3, overall - 0.1), (6, overall)):
         rows.append({"step": s, TRUE: score, "eval/fidelity/artifact_fraction": 0.01,
                      "eval/reward/world_pref": proxy, **{f"eval/geneval/{t}": score for t in
@@ -94,6 +95,7 @@ def test_results_are_computed_from_the_metrics(tmp_path):
     path = write_results(out, methods, 2, tmp_path / "docs" / "res.md", jobs=2)
     text = path.read_text()
     assert "(12 min wall on this machine over 2 invocations, 2 runs at once" in text
+    assert "reward std averaged 0.25 over all training steps" in text
     assert "| base |" in text and "**0.410 ± 0.014**" in text  # mean, sample std of 0.40/0.42
     assert "**0.620 ± 0.028**" in text  # slas_g1
     # 0.62 - 0.46 = 0.16 with s.e. sqrt((0.0008 + 0.0002) / 2) = 0.022: beats
