@@ -138,6 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from slas.world.experiment_report import write_results
 
     p = argparse.ArgumentParser(prog="slas world experiment", description=__doc__)
+    p.add_argument("overrides", nargs="*",
+                   help="dotted overrides for every run, e.g. sample.same_initial_noise=false")
     p.add_argument("--out", default="runs/experiment", help="run directory (resumable)")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
@@ -158,10 +160,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SlasError(f"unknown method(s) {unknown}; valid: {', '.join(names)}")
     if args.seeds < 1 or args.jobs < 1:
         raise SlasError("--seeds and --jobs must be >= 1")
-    seeds, steps, extra = args.seeds, args.steps, []
+    bad = [o for o in args.overrides if "=" not in o or "." not in o.split("=")[0]]
+    if bad:
+        raise SlasError(f"overrides must look like section.field=value, got {bad}")
+    seeds, steps, extra = args.seeds, args.steps, list(args.overrides)
     if args.quick:
         seeds, steps = min(seeds, 2), steps or 4
-        extra = ["eval.every=4", "trust.every=2", "sample.batch_size=16",
+        extra += ["eval.every=4", "trust.every=2", "sample.batch_size=16",
                  "sample.micro_batch_size=8", "run.checkpoint_every=2"]
     out = Path(args.out)
     jobs = plan(out, seeds, [names[n] for n in chosen])
@@ -184,6 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     done = [names[n] for n in chosen
             if all(j.finished() for j in jobs if j.method and j.method.name == n)
             and any(j.method and j.method.name == n for j in jobs)]
-    path = write_results(out, done, seeds, Path(args.results), jobs=args.jobs)
+    path = write_results(out, done, seeds, Path(args.results), jobs=args.jobs,
+                         overrides=args.overrides)
     print(f"finished in {minutes:.1f} min; results: {path}")
     return 0
