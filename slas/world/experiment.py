@@ -171,25 +171,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out)
     jobs = plan(out, seeds, [names[n] for n in chosen])
     started = time.perf_counter()
-    if args.report_only:
-        jobs = [j for j in jobs if j.finished()]
-    failed = run_jobs(jobs, jobs_at_once=args.jobs, steps=steps, extra=extra,
-                      log_dir=out / "logs")
+    failed = [] if args.report_only else run_jobs(jobs, jobs_at_once=args.jobs, steps=steps,
+                                                  extra=extra, log_dir=out / "logs")
     minutes = (time.perf_counter() - started) / 60
     if not args.report_only:
         with (out / "invocations.jsonl").open("a") as log:  # resumed experiments add up
             log.write(json.dumps({"minutes": minutes, "jobs": args.jobs, "runs": len(jobs)})
                       + "\n")
-    if args.report_only:
-        failed = []
     if failed:
         print(f"{len(failed)} run(s) failed: {', '.join(failed)}; their logs are in "
               f"{out / 'logs'}; run the same command again to resume", file=sys.stderr)
         return 1
+    # methods with every seed finished (--report-only may see an unfinished experiment)
     done = [names[n] for n in chosen
-            if all(j.finished() for j in jobs if j.method and j.method.name == n)
-            and any(j.method and j.method.name == n for j in jobs)]
-    path = write_results(out, done, seeds, Path(args.results), jobs=args.jobs,
-                         overrides=args.overrides)
+            if all(j.finished() for j in jobs if j.method and j.method.name == n)]
+    pending = [n for n in chosen if names[n] not in done]
+    if pending:
+        print(f"not finished, left out of the results: {', '.join(pending)}")
+    command = " ".join(["slas world experiment", f"--seeds {seeds}", f"--jobs {args.jobs}",
+                        *([f"--out {out}"] if args.out != p.get_default("out") else []),
+                        *([f"--results {args.results}"]
+                          if args.results != p.get_default("results") else []),
+                        *(["--quick"] if args.quick else []), *args.overrides])
+    path = write_results(out, done, seeds, Path(args.results), jobs=args.jobs, command=command,
+                         pending=pending)
     print(f"finished in {minutes:.1f} min; results: {path}")
     return 0

@@ -146,7 +146,8 @@ def _plot_gamma(points: list[tuple[float, np.ndarray]], bounds: dict[str, float]
 
 
 def write_results(out: Path, methods: Sequence[Method], seeds: int, path: Path, *,
-                  jobs: int, overrides: Sequence[str] = ()) -> Path:
+                  jobs: int, command: str = "slas world experiment",
+                  pending: Sequence[str] = ()) -> Path:
     """Write ``path`` (Markdown) and its plots next to it in ``images/``; returns ``path``."""
     data = collect(out, methods, seeds)
     fast = [m.name for m in methods if m.group == "fast"]
@@ -156,10 +157,10 @@ def write_results(out: Path, methods: Sequence[Method], seeds: int, path: Path, 
     stem = path.stem
     cfg_rows = data[names[0]][0]
     steps = max(r["step"] for r in cfg_rows)
-    extra = "".join(f" {o}" for o in overrides)
     lines = [f"# World experiment: {len(names)} methods x {seeds} seeds", "",
-             f"Reproduce: `slas world experiment --seeds {seeds} --jobs {jobs}{extra}` "
-             f"({_wall(out)}, {jobs} runs at once, one thread each).",
+             f"Reproduce: `{command}` ({_wall(out)}, {jobs} runs at once, one thread each).",
+             *([f"Not finished yet, so not reported: {', '.join(pending)} (the same command "
+                "resumes them)."] if pending else []),
              f"Every method trains {steps} steps from the same base policy with the `world` "
              "preset (proxy reward `world_pref`, G=8, 32 samples per step); only the advantage "
              "options differ (see `slas/world/experiment.py`). The true score is world-GenEval "
