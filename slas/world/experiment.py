@@ -186,6 +186,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     done = [names[n] for n in chosen
             if all(j.finished() for j in jobs if j.method and j.method.name == n)]
     pending = [n for n in chosen if names[n] not in done]
+    if not done:
+        raise SlasError(f"no method has finished all its seeds in {out} yet; run without "
+                        "--report-only to train them")
     if pending:
         print(f"not finished, left out of the results: {', '.join(pending)}")
     command = " ".join(["slas world experiment", f"--seeds {seeds}", f"--jobs {args.jobs}",
