@@ -113,7 +113,8 @@ def _plot_dynamics(data: dict, names: Sequence[str], path: Path) -> None:
         for i, name in enumerate(names):
             x, y = _curve(data[name], key)
             if key == "reward/world_pref":  # each step draws other prompts: smooth
-                y = list(np.convolve(y, np.ones(10) / 10, mode="valid"))
+                w = max(1, min(10, len(y)))
+                y = list(np.convolve(y, np.ones(w) / w, mode="valid"))
                 x = x[len(x) - len(y):]
             elif _curve(base, key)[1]:
                 x, y = [0, *x], [_curve(base, key)[1][0], *y]

@@ -128,3 +128,13 @@ def test_quick_experiment_end_to_end_and_resume(tmp_path, capsys):
     assert main(["--quick", "--out", str(out), "--results", str(results)]) == 0
     assert "6 of 6 runs already finished" in capsys.readouterr().out
     assert len((out / "invocations.jsonl").read_text().splitlines()) == 2
+
+
+def test_dynamics_plot_with_fewer_steps_than_the_smoothing_window(tmp_path):
+    from slas.world.experiment_report import _plot_dynamics
+
+    rows = [{"step": s, "reward/world_pref": 0.1 * s} for s in range(1, 5)]
+    rows.append({"step": 4, TRUE: 0.5, "eval/fidelity/artifact_fraction": 0.01})
+    base = [[{"step": 0, TRUE: 0.4, "eval/fidelity/artifact_fraction": 0.01}]]
+    _plot_dynamics({"base": base, "m": [rows]}, ["m"], tmp_path / "d.png")
+    assert (tmp_path / "d.png").stat().st_size > 1000
