@@ -156,7 +156,7 @@ def write_results(out: Path, methods: Sequence[Method], seeds: int, path: Path, 
     images = path.parent / "images"
     images.mkdir(parents=True, exist_ok=True)
     stem = path.stem
-    cfg_rows = data[names[0]][0]
+    cfg_rows = data[(names or fast)[0]][0]
     steps = max(r["step"] for r in cfg_rows)
     lines = [f"# World experiment: {len(names)} methods x {seeds} seeds", "",
              f"Reproduce: `{command}` ({_wall(out)}, {jobs} runs at once, one thread each).",
@@ -203,9 +203,9 @@ def write_results(out: Path, methods: Sequence[Method], seeds: int, path: Path, 
     # -- hacking
     base_true, base_art, base_proxy = (_values(data["base"], k).mean() for k in (TRUE, ART, PROXY))
     rows = []
+    k = max(1, min(10, steps // 3))
     for name in names:
         runs = data[name]
-        k = max(1, min(10, steps // 3))
         first = np.mean([_curve([r], "reward/world_pref")[1][:k] for r in runs])
         last = np.mean([_curve([r], "reward/world_pref")[1][-k:] for r in runs])
         d_true = _values(runs, TRUE).mean() - base_true
