@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from slas.advantages import combine, get_advantage_fn
+from slas.advantages import combine
 from slas.backbones import Backbone, Conditioning, get_backbone
 from slas.checkpoint import (
     latest_checkpoint,
@@ -102,13 +102,7 @@ class Trainer:
             n: get_reward(n, config.reward, self.device) for n in config.reward.names
         }
         self.prompts = list(prompts) if prompts is not None else load_prompts(config.run.prompts)
-        self.advantage_fn = get_advantage_fn(
-            config.advantage.estimator,
-            gamma=config.advantage.gamma,
-            normalize=config.advantage.normalize,
-            std=config.advantage.std,
-            eps=config.advantage.eps,
-        )
+        self.advantage_fn = current_advantage_fn(config, config.advantage.gamma)
         self.trust = TrustMonitor(
             config, self.params, lambda x: self.accelerator.reduce(x, reduction="mean")
         )

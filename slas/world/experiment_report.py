@@ -110,14 +110,15 @@ def _plot_dynamics(data: dict, names: Sequence[str], path: Path) -> None:
               (ART, "artifact fraction (held-out)"))
     base = data["base"]
     for ax, (key, title) in zip(axes, panels, strict=True):
+        base_y = _curve(base, key)[1]  # the step-0 point every evaluated curve starts from
         for i, name in enumerate(names):
             x, y = _curve(data[name], key)
             if key == "reward/world_pref":  # each step draws other prompts: smooth
                 w = max(1, min(10, len(y)))
                 y = list(np.convolve(y, np.ones(w) / w, mode="valid"))
                 x = x[len(x) - len(y):]
-            elif _curve(base, key)[1]:
-                x, y = [0, *x], [_curve(base, key)[1][0], *y]
+            elif base_y:
+                x, y = [0, *x], [base_y[0], *y]
             ax.plot(x, y, marker="o", markersize=3, label=name, color=f"C{i % 10}")
         ax.set(title=title, xlabel="step")
         ax.grid(alpha=0.3)
